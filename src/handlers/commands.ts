@@ -1,0 +1,126 @@
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import type { IncomingMessage, MessageHandler } from '../broker/broker.js';
+import {
+  check,
+  createScheduleSchema,
+  InvalidMessageError,
+  parseJson,
+  instant,
+  type CommandLimits,
+} from '../broker/messages.js';
+import { RequestRefused, type JobService } from '../runtime/job-service.js';
+
+/** Sends a command's answer to its `reply_to`, after the change is committed. */
+export type ReplySender = (replyTo: string, correlationId: string | undefined, body: unknown) =>
+  Promise<void>;
+
+const jobRef = z.object({
+  job_id: z.uuid('expected a UUID').optional(),
+  idempotency_key: z.string().min(1).max(255).optional(),
+});
+
+function createCancelSchema() {
+  return jobRef.extend({ event_type: z.literal('jobs.cancel').optional() }).refine(
+    (b) => (b.job_id === undefined) !== (b.idempotency_key === undefined),
+    { message: 'give exactly one of job_id and idempotency_key', path: ['job_id'] },
+  );
+}
+
+function createRescheduleSchema(limits: CommandLimits) {
+  return jobRef
+    .extend({
+      event_type: z.literal('jobs.reschedule').optional(),
+      scheduled_for: instant.optional(),
+      delay_seconds: z.number().min(0).max(limits.maxDelaySeconds).optional(),
+    })
+    .refine((b) => (b.job_id === undefined) !== (b.idempotency_key === undefined), {
+      message: 'give exactly one of job_id and idempotency_key',
+      path: ['job_id'],
+    })
+    .refine((b) => (b.scheduled_for === undefined) !== (b.delay_seconds === undefined), {
+      message: 'give exactly one of scheduled_for and delay_seconds',
+      path: ['scheduled_for'],
+    });
+}
+
+/**
+ * Handles `jobs.schedule`, `jobs.cancel` and `jobs.reschedule`. Every command
+ * with `reply_to` gets an answer: `ok: true` after the change is committed,
+ * `ok: false` naming the field or the reason. An invalid command is answered
+ * and then dead-lettered; a valid one that cannot be done is answered and acked.
+ */
+export function createCommandHandler(
+  service: JobService,
+  options: {
+    limits: CommandLimits;
+    maxBytes: number;
+    logger: Logger;
+    reply: ReplySender;
+    now?: () => number;
+    findByKey: (key: string) => Promise<string | null>;
+  },
+): MessageHandler {
+  const schedule = createScheduleSchema(options.limits);
+  const cancel = createCancelSchema();
+  const reschedule = createRescheduleSchema(options.limits);
+  const now = options.now ?? Date.now;
+
+  const resolveId = async (ref: { job_id?: string | undefined; idempotency_key?: string | undefined }) => {
+    if (ref.job_id) return ref.job_id;
+    const id = await options.findByKey(ref.idempotency_key ?? '');
+    if (!id) throw new RequestRefused('not_found', `no job has idempotency_key ${ref.idempotency_key}`);
+    return id;
+  };
+
+  const run = async (message: IncomingMessage): Promise<Record<string, unknown>> => {
+    const body = parseJson(message.content, options.maxBytes);
+    switch (message.routingKey) {
+      case 'jobs.schedule': {
+        const result = await service.schedule(check(schedule, body));
+        return {
+          ok: true,
+          job_id: result.jobId,
+          state: result.state,
+          ...(result.duplicate && { duplicate: true }),
+        };
+      }
+      case 'jobs.cancel': {
+        const id = await resolveId(check(cancel, body));
+        return { ok: true, job_id: id, state: await service.cancel(id) };
+      }
+      case 'jobs.reschedule': {
+        const command = check(reschedule, body);
+        const dueAt =
+          command.scheduled_for ?? now() + Math.round((command.delay_seconds ?? 0) * 1000);
+        const id = await resolveId(command);
+        return { ok: true, job_id: id, state: await service.reschedule(id, dueAt) };
+      }
+      default:
+        throw new InvalidMessageError(`routing key ${message.routingKey} is not a command`);
+    }
+  };
+
+  return async (message: IncomingMessage) => {
+    let answer: Record<string, unknown>;
+    let invalid: InvalidMessageError | undefined;
+    try {
+      answer = await run(message);
+    } catch (err) {
+      if (err instanceof InvalidMessageError) {
+        invalid = err;
+        answer = { ok: false, error: err.reason };
+      } else if (err instanceof RequestRefused) {
+        answer = { ok: false, error: err.message };
+      } else {
+        throw err; // not answered: the broker retries the command
+      }
+      options.logger.warn(
+        { command: message.routingKey, error: answer['error'] },
+        'command refused',
+      );
+    }
+    if (message.replyTo) await options.reply(message.replyTo, message.correlationId, answer);
+    if (invalid) throw invalid;
+  };
+}

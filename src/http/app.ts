@@ -1,0 +1,185 @@
+import http from 'node:http';
+import { timingSafeEqual } from 'node:crypto';
+import Koa, { type Context, type Next } from 'koa';
+import Router from '@koa/router';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import type { JobService } from '../runtime/job-service.js';
+
+/** An error the HTTP edge answers with its status and the error body of PROTOCOL.md. */
+export class HttpError extends Error {
+  override readonly name = 'HttpError';
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly field?: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface Readiness {
+  /** Start-up finished and shutdown has not begun. */
+  started: boolean;
+  stopping: boolean;
+  postgres: () => Promise<boolean>;
+  rabbitmq: () => boolean;
+}
+
+export interface AppOptions {
+  appName: string;
+  version: string;
+  apiToken: string | undefined;
+  logger: Logger;
+  readiness: Readiness;
+  /** Set once the store is open; routes over jobs answer 503 before. */
+  services: { jobs?: JobService };
+}
+
+const uuid = z.uuid();
+
+function isLoopback(address: string | undefined): boolean {
+  return (
+    address === '127.0.0.1' ||
+    address === '::1' ||
+    address === '::ffff:127.0.0.1' ||
+    (address?.startsWith('127.') ?? false)
+  );
+}
+
+function sameSecret(given: string, expected: string): boolean {
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/**
+ * The token rule: with SCHEDULER_API_TOKEN set, a bearer token (or, on
+ * /debug, a `token` query parameter) must match; without it, only loopback
+ * clients are answered.
+ */
+export function authorize(options: Pick<AppOptions, 'apiToken' | 'logger'>) {
+  return async (ctx: Context, next: Next) => {
+    const token = options.apiToken;
+    let allowed: boolean;
+    if (token) {
+      const header = ctx.get('authorization');
+      const bearer = header.startsWith('Bearer ') ? header.slice(7) : undefined;
+      const query = ctx.path.startsWith('/debug') ? ctx.query['token'] : undefined;
+      const given = bearer ?? (typeof query === 'string' ? query : undefined);
+      allowed = given !== undefined && sameSecret(given, token);
+    } else {
+      allowed = isLoopback(ctx.request.ip || ctx.req.socket.remoteAddress);
+    }
+    if (!allowed) {
+      options.logger.warn({ method: ctx.method, path: ctx.path, ip: ctx.request.ip }, 'unauthorized');
+      throw new HttpError(
+        401,
+        'unauthorized',
+        token ? 'a valid bearer token is required' : 'only loopback clients are answered',
+      );
+    }
+    await next();
+  };
+}
+
+export function createApp(options: AppOptions): Koa {
+  const app = new Koa();
+  const open = new Router();
+  const guarded = new Router();
+
+  app.use(async (ctx, next) => {
+    try {
+      await next();
+      if (ctx.status === 404 && ctx.body === undefined) {
+        throw new HttpError(404, 'not_found', `no route ${ctx.method} ${ctx.path}`);
+      }
+    } catch (err) {
+      if (err instanceof HttpError) {
+        ctx.status = err.status;
+        ctx.body = {
+          error: { code: err.code, message: err.message, ...(err.field && { field: err.field }) },
+        };
+      } else {
+        options.logger.error({ err, method: ctx.method, path: ctx.path }, 'request failed');
+        ctx.status = 500;
+        ctx.body = { error: { code: 'internal', message: 'internal error' } };
+      }
+    }
+  });
+
+  open.get('/health', (ctx) => {
+    ctx.body = { status: 'healthy', service: 'job_scheduler', timestamp: new Date().toISOString() };
+  });
+
+  open.get('/health/ready', async (ctx) => {
+    const { readiness } = options;
+    const postgres = readiness.started ? await readiness.postgres() : false;
+    const rabbitmq = readiness.started ? readiness.rabbitmq() : false;
+    const ready = readiness.started && !readiness.stopping && postgres && rabbitmq;
+    ctx.status = ready ? 200 : 503;
+    const phase = readiness.stopping ? 'stopping' : readiness.started ? 'started' : 'starting';
+    ctx.body = {
+      status: ready ? 'ready' : 'not_ready',
+      phase,
+      checks: {
+        postgres: postgres ? 'up' : readiness.started ? 'down' : 'pending',
+        rabbitmq: rabbitmq ? 'up' : readiness.started ? 'down' : 'pending',
+      },
+      timestamp: new Date().toISOString(),
+    };
+  });
+
+  open.get('/', (ctx) => {
+    const { readiness } = options;
+    ctx.body = {
+      service: options.appName,
+      version: options.version,
+      status: readiness.stopping ? 'stopping' : readiness.started ? 'running' : 'starting',
+    };
+  });
+
+  guarded.use(authorize(options));
+
+  guarded.get('/jobs/:id', async (ctx) => {
+    const id = ctx.params['id'] ?? '';
+    if (!uuid.safeParse(id).success) {
+      throw new HttpError(400, 'invalid_job_id', 'job id must be a UUID', 'job_id');
+    }
+    const jobs = requireService(options.services.jobs);
+    const view = await jobs.get(id);
+    if (!view) throw new HttpError(404, 'not_found', `job ${id} not found`);
+    ctx.body = view;
+  });
+
+  app.use(open.routes());
+  app.use(guarded.routes());
+  return app;
+}
+
+function requireService<T>(service: T | undefined): T {
+  if (!service) throw new HttpError(503, 'starting', 'the service is still starting');
+  return service;
+}
+
+/** Starts listening; resolves with the server once it accepts connections. */
+export function listen(app: Koa, host: string, port: number): Promise<http.Server> {
+  return new Promise((resolve, reject) => {
+    const server = http.createServer(app.callback());
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
+}
+
+/** Closes the server and every connection it holds, idle or not. */
+export function closeServer(server: http.Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeIdleConnections();
+    setTimeout(() => server.closeAllConnections(), 1000).unref();
+  });
+}

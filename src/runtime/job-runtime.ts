@@ -1,0 +1,446 @@
+import { map } from 'rxjs';
+import {
+  createActor,
+  fromEventObservable,
+  initialTransition,
+  type Actor,
+  type InspectionEvent,
+} from 'xstate';
+import type { Logger } from 'pino';
+import {
+  isFinal,
+  jobMachine,
+  type JobEvent,
+  type JobInput,
+  type JobSnapshot,
+  type JobState,
+  type WaitInput,
+} from '../../machines/job.machine.js';
+import { migrateSnapshot } from '../../machines/snapshot-migrations.js';
+import { timerAt } from '../time/timer.js';
+import { GroupCommit, VersionConflictError, type VersionRef } from '../store/group-commit.js';
+import {
+  findJob,
+  findWaiting,
+  insertJob,
+  markUnrestorable,
+  type JobRow,
+  type TransitionRecord,
+} from '../store/sql.js';
+import type pg from 'pg';
+import { columnsOf, executeBody, executeRoutingKey, messageId } from './job-columns.js';
+
+type LiveActor = Actor<typeof jobMachine>;
+type TimerEvent = Extract<JobEvent, { type: 'due' | 'deadline.passed' | 'backoff.elapsed' }>;
+
+/** Publishes one `jobs.execute` message; resolves on the broker's confirm. */
+export type PublishExecute = (
+  routingKey: string,
+  body: Buffer,
+  properties: { messageId: string; correlationId: string; type: string; timestamp: number },
+) => Promise<void>;
+
+/** Events the runtime reports, for logs, metrics and the inspector. */
+export interface RuntimeListener {
+  /** A job changed state (or moved its wait), and the change is committed. */
+  transition?(jobId: string, jobType: string, record: TransitionRecord): void;
+  /** An attempt was published and confirmed; `lagMs` is from due to confirm. */
+  dispatched?(jobType: string, lagMs: number): void;
+  /** A reply moved a job; `latencyMs` from the attempt's publish to the reply. */
+  replied?(jobType: string, latencyMs: number): void;
+}
+
+export interface RuntimeOptions {
+  pool: pg.Pool;
+  schema: string;
+  writer: GroupCommit;
+  publish: PublishExecute;
+  logger: Logger;
+  horizonMs: number;
+  /** Clock in epoch ms; default `Date.now`. */
+  now?: () => number;
+  /** Draws jitter in [0, 1); default `Math.random`. */
+  random?: () => number;
+  listener?: RuntimeListener;
+}
+
+interface LiveJob {
+  id: string;
+  jobType: string;
+  actor: LiveActor;
+  ref: VersionRef;
+  last: JobSnapshot;
+  /** Resolves when the latest change is committed. */
+  lastWrite: Promise<void>;
+  logger: Logger;
+  loggedAttempt: number;
+  stopped: boolean;
+}
+
+/** What became of a reply or command aimed at one job. */
+export type Outcome =
+  | { kind: 'applied'; state: JobState }
+  | { kind: 'ignored'; state: JobState; reason: string }
+  | { kind: 'unknown' };
+
+/** Batch size of restore and horizon reads. */
+const LOAD_PAGE = 1000;
+
+/**
+ * Owns the live job actors: creates and restores them, persists every change
+ * through the group commit before its effect, publishes dispatched attempts,
+ * and routes replies and commands to them. Jobs due beyond the horizon stay in
+ * the database until the horizon reaches them.
+ */
+export class JobRuntime {
+  private readonly live = new Map<string, LiveJob>();
+  private readonly activating = new Map<string, Promise<LiveJob | null>>();
+  private readonly machine;
+  private readonly now: () => number;
+  private readonly random: () => number;
+  private loadedUntil: number | null = null;
+  private horizonTimer: NodeJS.Timeout | undefined;
+  private stopping = false;
+
+  constructor(private readonly options: RuntimeOptions) {
+    this.now = options.now ?? Date.now;
+    this.random = options.random ?? Math.random;
+    const now = this.now;
+    const random = this.random;
+    this.machine = jobMachine.provide({
+      actors: {
+        wait: fromEventObservable<TimerEvent, WaitInput>(({ input }) =>
+          timerAt(input.at, { now }).pipe(
+            map((at) => ({ type: input.event, at, jitter: random() }) as TimerEvent),
+          ),
+        ),
+      },
+    });
+  }
+
+  /** Live actors, for the inspector and metrics. */
+  get size(): number {
+    return this.live.size;
+  }
+
+  liveSnapshots(): JobSnapshot[] {
+    return [...this.live.values()].map((job) => job.actor.getSnapshot());
+  }
+
+  /** The end of the horizon: jobs waking up before it live as actors. */
+  horizonEnd(): number {
+    return this.now() + this.options.horizonMs;
+  }
+
+  /** Restores every waiting job within the horizon, then keeps the horizon moving. */
+  async start(): Promise<number> {
+    const restored = await this.loadHorizon();
+    const every = Math.max(1000, Math.min(this.options.horizonMs / 4, 60_000));
+    const tick = () => {
+      this.horizonTimer = setTimeout(() => {
+        this.loadHorizon()
+          .catch((err: unknown) => this.options.logger.error({ err }, 'horizon load failed'))
+          .finally(() => {
+            if (!this.stopping) tick();
+          });
+      }, every);
+    };
+    tick();
+    return restored;
+  }
+
+  /** Activates the jobs whose instant the horizon has reached since the last load. */
+  private async loadHorizon(): Promise<number> {
+    const until = this.horizonEnd();
+    let after = this.loadedUntil;
+    let count = 0;
+    for (;;) {
+      const rows = await findWaiting(this.options.pool, this.options.schema, after, until, LOAD_PAGE);
+      for (const row of rows) {
+        if (this.live.has(row.id) || this.activating.has(row.id)) continue;
+        if ((await this.adopt(row)) !== null) count += 1;
+      }
+      const lastAt = rows.at(-1)?.next_at;
+      if (rows.length < LOAD_PAGE || !lastAt) break;
+      after = lastAt.getTime() - 1;
+    }
+    this.loadedUntil = until;
+    return count;
+  }
+
+  /** Creates a job: inserts its row, and makes it live when it is due within the horizon. */
+  async create(
+    input: JobInput,
+    extra: { idempotencyKey: string | null; event: string },
+  ): Promise<JobRow | null> {
+    const [snapshot] = initialTransition(this.machine, input);
+    const row = await insertJob(this.options.pool, this.options.schema, {
+      id: input.jobId,
+      jobType: input.jobType,
+      idempotencyKey: extra.idempotencyKey,
+      subject: input.subject,
+      columns: columnsOf(snapshot),
+      event: extra.event,
+      at: this.now(),
+    });
+    if (row && input.scheduledFor <= this.horizonEnd() && !this.stopping) {
+      this.spawn(row.id, row.job_type, { version: row.version }, { input });
+    }
+    return row;
+  }
+
+  /** Sends an event to a job, live or only persisted, and waits until its effect is durable. */
+  async send(jobId: string, event: JobEvent): Promise<Outcome> {
+    const job = this.live.get(jobId) ?? (await this.activate(jobId));
+    if (!job) {
+      const row = await findJob(this.options.pool, this.options.schema, jobId);
+      if (!row) return { kind: 'unknown' };
+      return { kind: 'ignored', state: row.state as JobState, reason: this.whyNotLive(row) };
+    }
+    const before = job.actor.getSnapshot();
+    job.actor.send(event);
+    const after = job.actor.getSnapshot();
+    if (after === before) {
+      this.releaseIfFar(job);
+      return { kind: 'ignored', state: before.value as JobState, reason: ignoredReason(before, event) };
+    }
+    await job.lastWrite;
+    this.releaseIfFar(job);
+    return { kind: 'applied', state: after.value as JobState };
+  }
+
+  private whyNotLive(row: JobRow): string {
+    if (row.restore_error) return `job cannot be restored: ${row.restore_error}`;
+    return `job is already ${row.state}`;
+  }
+
+  /** Loads a job that is not live and makes it live, unless it is finished or broken. */
+  private activate(jobId: string): Promise<LiveJob | null> {
+    const running = this.activating.get(jobId);
+    if (running) return running;
+    const activation = (async () => {
+      const row = await findJob(this.options.pool, this.options.schema, jobId);
+      if (!row || isFinal(row.state as JobState) || row.restore_error) return null;
+      return this.live.get(jobId) ?? (await this.adopt(row));
+    })().finally(() => this.activating.delete(jobId));
+    this.activating.set(jobId, activation);
+    return activation;
+  }
+
+  /** Restores a persisted job as a live actor; a snapshot that cannot be restored marks that job. */
+  private async adopt(row: JobRow): Promise<LiveJob | null> {
+    if (this.stopping) return null;
+    try {
+      const snapshot = migrateSnapshot(row.snapshot, row.machine_version);
+      const job = this.spawn(row.id, row.job_type, { version: row.version }, { snapshot });
+      if (job.last.value === 'dispatched') this.publishAttempt(job);
+      return job;
+    } catch (err) {
+      const reason = (err as Error).message;
+      this.options.logger.error(
+        { err, job_id: row.id, job_type: row.job_type },
+        'job cannot be restored; marked and left as it is',
+      );
+      await markUnrestorable(this.options.pool, this.options.schema, row.id, reason);
+      return null;
+    }
+  }
+
+  private spawn(
+    id: string,
+    jobType: string,
+    ref: VersionRef,
+    from: { input: JobInput } | { snapshot: unknown },
+  ): LiveJob {
+    let job: LiveJob | undefined;
+    const actor = createActor(this.machine, {
+      ...from,
+      inspect: (event: InspectionEvent) => {
+        if (job && event.type === '@xstate.snapshot' && event.actorRef === job.actor) {
+          this.onSnapshot(job, event.snapshot as JobSnapshot, event.event as JobEvent);
+        }
+      },
+    } as never) as LiveActor;
+    const logger = this.options.logger.child({ job_id: id, job_type: jobType });
+    job = {
+      id,
+      jobType,
+      actor,
+      ref,
+      last: actor.getSnapshot(),
+      lastWrite: Promise.resolve(),
+      logger: logger.child({ attempt: actor.getSnapshot().context.attempt }),
+      loggedAttempt: actor.getSnapshot().context.attempt,
+      stopped: false,
+    };
+    const created = job;
+    actor.subscribe({
+      error: (err) => created.logger.error({ err }, 'job actor failed'),
+    });
+    this.live.set(id, job);
+    actor.start();
+    return job;
+  }
+
+  private onSnapshot(job: LiveJob, snapshot: JobSnapshot, event: JobEvent): void {
+    if (job.stopped || snapshot === job.last) return;
+    const from = job.last.value as JobState;
+    const to = snapshot.value as JobState;
+    job.last = snapshot;
+    const context = snapshot.context;
+    if (context.attempt !== job.loggedAttempt) {
+      job.loggedAttempt = context.attempt;
+      job.logger = this.options.logger.child({
+        job_id: job.id,
+        job_type: job.jobType,
+        attempt: context.attempt,
+      });
+    }
+    const record: TransitionRecord = {
+      from,
+      to,
+      event: event.type,
+      attempt: context.attempt,
+      at: 'at' in event ? event.at : this.now(),
+      detail: transitionDetail(snapshot, event),
+    };
+    job.logger.debug({ from, to, event: event.type }, 'transition');
+
+    const write = this.options.writer.write(job.id, job.ref, columnsOf(snapshot), [record]);
+    job.lastWrite = write;
+    write.then(
+      () => this.afterCommit(job, snapshot, record),
+      (err: unknown) => this.onWriteFailed(job, err),
+    );
+  }
+
+  private afterCommit(job: LiveJob, snapshot: JobSnapshot, record: TransitionRecord): void {
+    this.options.listener?.transition?.(job.id, job.jobType, record);
+    if (record.to === 'dispatched' && job.actor.getSnapshot() === snapshot) {
+      this.publishAttempt(job);
+    }
+    if (isFinal(record.to as JobState)) {
+      const context = snapshot.context;
+      job.logger.info(
+        {
+          state: record.to,
+          attempts: context.attempt,
+          duration_ms: (context.finishedAt ?? this.now()) - context.scheduledFor,
+          ...(context.lastError && { last_error: context.lastError }),
+        },
+        'job finished',
+      );
+      this.forget(job);
+    }
+  }
+
+  private onWriteFailed(job: LiveJob, err: unknown): void {
+    if (!(err instanceof VersionConflictError)) return; // shutdown abandoned it
+    job.logger.warn('job changed elsewhere; reloading it from the database');
+    this.forget(job);
+    void this.activate(job.id).catch((e: unknown) =>
+      job.logger.error({ err: e }, 'reloading job failed'),
+    );
+  }
+
+  /**
+   * Publishes the current attempt of a dispatched job (the relay of its outbox
+   * entry): the attempt is already durable. The confirm or the failure goes
+   * back to the actor as an event; a failure spends no attempt.
+   */
+  private publishAttempt(job: LiveJob): void {
+    const snapshot = job.actor.getSnapshot();
+    const context = snapshot.context;
+    const attempt = context.attempt;
+    const sentAt = this.now();
+    const body = Buffer.from(JSON.stringify(executeBody(context, sentAt)));
+    const stillWaiting = () => {
+      const current = job.actor.getSnapshot();
+      return !job.stopped && current.value === 'dispatched' && current.context.attempt === attempt;
+    };
+    this.options
+      .publish(executeRoutingKey(context.jobType), body, {
+        messageId: messageId(context.jobId, attempt),
+        correlationId: context.jobId,
+        type: 'jobs.execute',
+        timestamp: Math.floor(sentAt / 1000),
+      })
+      .then(
+        () => {
+          if (!stillWaiting()) return;
+          this.options.listener?.dispatched?.(job.jobType, this.now() - context.scheduledFor);
+          job.actor.send({ type: 'publish.confirmed', at: this.now(), sentAt });
+        },
+        (err: Error) => {
+          job.logger.warn({ err }, 'publish failed; the attempt will be published again');
+          if (!stillWaiting()) return;
+          job.actor.send({
+            type: 'publish.failed',
+            at: this.now(),
+            error: err.message,
+            jitter: this.random(),
+          });
+        },
+      );
+  }
+
+  /** Stops a live job that now waits beyond the horizon; the database keeps it. */
+  private releaseIfFar(job: LiveJob): void {
+    const snapshot = job.actor.getSnapshot();
+    const wake = columnsOf(snapshot).nextAt;
+    if (snapshot.value === 'pending' && wake !== null && wake > this.horizonEnd()) {
+      void job.lastWrite.then(() => this.forget(job), () => {});
+    }
+  }
+
+  private forget(job: LiveJob): void {
+    job.stopped = true;
+    job.actor.stop();
+    if (this.live.get(job.id) === job) this.live.delete(job.id);
+  }
+
+  /** Stops timers and actors; changes already made are left to the writer to commit. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.horizonTimer);
+    await Promise.allSettled([...this.activating.values()]);
+    for (const job of [...this.live.values()]) this.forget(job);
+  }
+}
+
+function transitionDetail(snapshot: JobSnapshot, event: JobEvent): Record<string, unknown> | null {
+  const c = snapshot.context;
+  switch (event.type) {
+    case 'publish.confirmed':
+      return { sent_at: new Date(event.sentAt).toISOString(), message_id: messageId(c.jobId, c.attempt) };
+    case 'publish.failed':
+      return { error: event.error };
+    case 'jobs.failed':
+      return { error: event.errorMessage, should_retry: event.shouldRetry, reply_attempt: event.attempt ?? null };
+    case 'jobs.completed':
+      return { reply_attempt: event.attempt ?? null };
+    case 'deadline.passed':
+      return { error: c.lastError };
+    case 'reschedule':
+      return { due_at: new Date(event.dueAt).toISOString() };
+    default:
+      break;
+  }
+  if (snapshot.value === 'dead') return { error: c.lastError, reason: c.deadReason };
+  if (snapshot.value === 'retrying') return { retry_at: c.retryAt && new Date(c.retryAt).toISOString() };
+  return null;
+}
+
+/** Why an event changed nothing, for the warning that reports it. */
+function ignoredReason(snapshot: JobSnapshot, event: JobEvent): string {
+  const state = snapshot.value as JobState;
+  const attempt = snapshot.context.attempt;
+  if (isFinal(state)) return `job is already ${state}`;
+  if ('attempt' in event && event.attempt !== undefined && event.attempt > attempt) {
+    return `reply for attempt ${event.attempt}, but only ${attempt} sent`;
+  }
+  if (event.type === 'jobs.failed') {
+    return `failure of attempt ${event.attempt ?? '?'} while the job is ${state} at attempt ${attempt}`;
+  }
+  return `${event.type} does not apply to a ${state} job`;
+}

@@ -1,0 +1,159 @@
+import type http from 'node:http';
+import type { Logger } from 'pino';
+import type { Config } from '../config/env.js';
+import { scheduleDefinitions } from '../config/schedules.js';
+import { PUBLICATIONS, SUBSCRIPTIONS } from '../config/topology.js';
+import { Broker } from './broker/broker.js';
+import { createCommandHandler } from './handlers/commands.js';
+import { createReplyHandler } from './handlers/replies.js';
+import { closeServer, createApp, listen, type Readiness } from './http/app.js';
+import { JobRuntime } from './runtime/job-runtime.js';
+import { JobService } from './runtime/job-service.js';
+import { PeriodicScheduler } from './scheduler/periodic.js';
+import { openDatabase, type Database } from './store/database.js';
+import { GroupCommit } from './store/group-commit.js';
+import { commitChanges, findByIdOrKey } from './store/sql.js';
+
+export interface RunningService {
+  /** The HTTP server, listening from the first moment of start-up. */
+  server: http.Server;
+  readiness: Readiness;
+  /** Resolves when start-up is complete (ready), rejects if it failed. */
+  started: Promise<void>;
+  /** Stops in order and resolves when everything is closed. */
+  stop(): Promise<void>;
+}
+
+const CONNECT_RETRY_MAX_MS = 10_000;
+
+/**
+ * Starts the service in the order of DESIGN.md: HTTP (live, not ready), the
+ * database (created and migrated), the broker, restore of waiting jobs,
+ * subscriptions, periodic schedules; ready only then.
+ */
+export async function startService(config: Config, logger: Logger): Promise<RunningService> {
+  const readiness: Readiness = {
+    started: false,
+    stopping: false,
+    postgres: async () => false,
+    rabbitmq: () => false,
+  };
+  const services: { jobs?: JobService } = {};
+  const app = createApp({
+    appName: config.appName,
+    version: config.version,
+    apiToken: config.http.apiToken,
+    logger,
+    readiness,
+    services,
+  });
+  const server = await listen(app, config.http.host, config.http.port);
+  logger.info({ port: config.http.port, version: config.version }, 'listening');
+
+  let database: Database | undefined;
+  let broker: Broker | undefined;
+  let writer: GroupCommit | undefined;
+  let runtime: JobRuntime | undefined;
+  let periodic: PeriodicScheduler | undefined;
+  let abort: () => void = () => {};
+  const aborted = new Promise<never>((_, reject) => {
+    abort = () => reject(new Error('start-up cancelled by shutdown'));
+  });
+  aborted.catch(() => {});
+
+  /** Retries a connection with backoff until it works or shutdown begins. */
+  const connect = async <T>(what: string, attempt: () => Promise<T>): Promise<T> => {
+    for (let delay = 500; ; delay = Math.min(delay * 2, CONNECT_RETRY_MAX_MS)) {
+      try {
+        return await Promise.race([attempt(), aborted]);
+      } catch (err) {
+        if (readiness.stopping) throw err;
+        logger.error({ err, retryInMs: delay }, `cannot reach ${what}; retrying`);
+        await Promise.race([new Promise((r) => setTimeout(r, delay)), aborted]);
+      }
+    }
+  };
+
+  const started = (async () => {
+    database = await connect('PostgreSQL', () => openDatabase(config.postgres, logger));
+    const db = database;
+    readiness.postgres = () => db.ping();
+    broker = await connect('RabbitMQ', () => Broker.connect(config.rabbitmq, logger));
+    const mq = broker;
+    readiness.rabbitmq = () => mq.isConnected;
+
+    writer = new GroupCommit({
+      windowMs: config.commitWindowMs,
+      write: (changes) => commitChanges(db.pool, db.schema, changes),
+      logger,
+    });
+    runtime = new JobRuntime({
+      pool: db.pool,
+      schema: db.schema,
+      writer,
+      horizonMs: config.horizonMs,
+      logger,
+      publish: (routingKey, body, properties) =>
+        mq.publish(PUBLICATIONS.execute, body, routingKey, {
+          ...properties,
+          contentType: 'application/json',
+        } as never),
+    });
+    const jobs = new JobService(runtime, db.orm, db.pool, config, db.schema);
+    const restored = await runtime.start();
+    logger.info({ restored }, 'restored waiting jobs');
+
+    await mq.consume(
+      SUBSCRIPTIONS.results,
+      createReplyHandler(runtime, { maxBytes: config.rabbitmq.maxMessageBytes, logger }),
+    );
+    await mq.consume(
+      SUBSCRIPTIONS.commands,
+      createCommandHandler(jobs, {
+        limits: {
+          maxDelaySeconds: config.jobs.maxDelaySeconds,
+          metadataMaxBytes: config.jobs.metadataMaxBytes,
+        },
+        maxBytes: config.rabbitmq.maxMessageBytes,
+        logger,
+        reply: (replyTo, correlationId, body) =>
+          mq.publish(PUBLICATIONS.reply, Buffer.from(JSON.stringify(body)), replyTo, {
+            ...(correlationId && { correlationId }),
+            contentType: 'application/json',
+          } as never),
+        findByKey: async (key) => (await findByIdOrKey(db.pool, db.schema, null, key))[0]?.id ?? null,
+      }),
+    );
+
+    periodic = new PeriodicScheduler({
+      schedules: scheduleDefinitions(config),
+      service: jobs,
+      misfireGraceMs: config.schedules.misfireGraceSeconds * 1000,
+      logger,
+    });
+    await periodic.start();
+    services.jobs = jobs;
+    readiness.started = true;
+    logger.info('ready');
+  })();
+  started.catch(() => {});
+
+  let stopping: Promise<void> | undefined;
+  const stop = () => {
+    stopping ??= (async () => {
+      readiness.stopping = true;
+      abort();
+      await started.catch(() => {});
+      periodic?.stop();
+      await broker?.stopConsuming();
+      await runtime?.stop();
+      await writer?.drain();
+      await broker?.close();
+      await database?.close();
+      await closeServer(server);
+    })();
+    return stopping;
+  };
+
+  return { server, readiness, started, stop };
+}
