@@ -56,7 +56,8 @@ const DAY = 86_400;
 const schema = z.object({
   APP_NAME: name.default('QuanTutor Scheduler'),
   VERSION: name.optional(),
-  PORT: integer(1, 65_535).default(8001),
+  /** 0 picks a free port. */
+  PORT: integer(0, 65_535).default(8001),
   /** Bind address of the HTTP server. */
   HOST: name.default('0.0.0.0'),
   SCHEDULER_API_TOKEN: z.string().min(16, 'must be at least 16 characters').optional(),
