@@ -7,6 +7,7 @@ import {
   queuePlans,
   rascalConfig,
   REASON_HEADER,
+  SUBSCRIPTIONS,
   type QueuePlan,
 } from '../../config/topology.js';
 import { InvalidMessageError } from './messages.js';
@@ -225,19 +226,23 @@ export class Broker {
    * MESSAGE_MAX_TRIES failures dead-letters it, whatever the queue's arguments.
    */
   async consume(subscription: string, handler: MessageHandler): Promise<void> {
+    const queue = subscription === SUBSCRIPTIONS.results
+      ? this.config.resultsQueue
+      : this.config.commandsQueue;
     const session = await this.rascalBroker.subscribe(subscription);
     this.sessions.push(session);
     session.on('error', (err: Error) => {
       this.logger.error({ err, subscription }, 'subscription error');
     });
     session.on('message', (message: RawMessage, content: Buffer, ackOrNack) => {
-      void this.handle(message, content, ackOrNack as unknown as AckOrNack, handler).catch((err: unknown) => {
+      void this.handle(queue, message, content, ackOrNack as unknown as AckOrNack, handler).catch((err: unknown) => {
         this.logger.error({ err, subscription }, 'message left unacked until the channel closes');
       });
     });
   }
 
   private async handle(
+    queue: string,
     message: RawMessage,
     content: Buffer,
     ackOrNack: AckOrNack,
@@ -259,7 +264,7 @@ export class Broker {
         if (err instanceof InvalidMessageError) {
           await this.deadLetter(message, content, err.reason);
         } else {
-          await this.retryLater(message, content, incoming, err as Error);
+          await this.retryLater(queue, message, content, incoming, err as Error);
         }
       }
       await ackOrNack();
@@ -273,6 +278,7 @@ export class Broker {
   }
 
   private async retryLater(
+    queue: string,
     message: RawMessage,
     content: Buffer,
     incoming: IncomingMessage,
@@ -289,7 +295,7 @@ export class Broker {
     }
     this.logger.warn({ err, routingKey: incoming.routingKey, tries }, 'handling failed; retrying');
     await this.pause(Math.min(200 * 2 ** tries, 5000));
-    await this.publish(PUBLICATIONS.requeue, content, message.fields.routingKey, {
+    await this.publish(PUBLICATIONS.requeue, content, queue, {
       ...message.properties,
       headers: {
         ...message.properties.headers,
