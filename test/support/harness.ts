@@ -74,13 +74,7 @@ export async function startTestService(env: Record<string, string>): Promise<Ser
   const service = await startService(config, logs.logger);
   await service.started;
   const port = (service.server.address() as AddressInfo).port;
-  const pool = new pg.Pool({
-    host: config.postgres.host,
-    port: config.postgres.port,
-    user: config.postgres.user,
-    database: config.postgres.database,
-    max: 2,
-  });
+  const pool = testPool();
   return {
     config,
     env,
@@ -95,9 +89,14 @@ export async function startTestService(env: Record<string, string>): Promise<Ser
   };
 }
 
+/** A small pool on the test database, for tests that look at or seed rows directly. */
+export function testPool(): pg.Pool {
+  return new pg.Pool({ host: '127.0.0.1', user: 'postgres', database: TEST_DB, max: 2 });
+}
+
 /** Drops what an isolated environment created: its schema, queues and exchanges. */
 export async function cleanUp(env: Record<string, string>): Promise<void> {
-  const pool = new pg.Pool({ host: '127.0.0.1', user: 'postgres', database: TEST_DB, max: 1 });
+  const pool = testPool();
   try {
     await pool.query(`drop schema if exists "${env['SCHEDULER_POSTGRES_SCHEMA']}" cascade`);
   } catch {
