@@ -78,6 +78,7 @@ export class ServiceProcess {
 export class FreezableProxy {
   port = 0;
   private frozen = false;
+  private refusing = false;
   private readonly sockets = new Set<net.Socket>();
   private readonly server = net.createServer((client) => this.relay(client));
 
@@ -91,6 +92,10 @@ export class FreezableProxy {
   }
 
   private relay(client: net.Socket): void {
+    if (this.refusing) {
+      client.destroy();
+      return;
+    }
     const upstream = net.connect(this.target.port, this.target.host);
     for (const socket of [client, upstream]) {
       this.sockets.add(socket);
@@ -109,6 +114,16 @@ export class FreezableProxy {
 
   freeze(): void {
     this.frozen = true;
+  }
+
+  /** Drops every connection and refuses new ones, as a broker that went away. */
+  cut(): void {
+    this.refusing = true;
+    for (const socket of this.sockets) socket.destroy();
+  }
+
+  heal(): void {
+    this.refusing = false;
   }
 
   async close(): Promise<void> {
