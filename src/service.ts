@@ -144,13 +144,22 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       readiness.stopping = true;
       abort();
       await started.catch(() => {});
-      periodic?.stop();
-      await broker?.stopConsuming();
-      await runtime?.stop();
-      await writer?.drain();
-      await broker?.close();
-      await database?.close();
-      await closeServer(server);
+      // Each step runs even if one before it failed: a half-closed broker must
+      // not keep the database or the HTTP server open.
+      const step = async (name: string, work: () => unknown) => {
+        try {
+          await work();
+        } catch (err) {
+          logger.error({ err, step: name }, 'shutdown step failed');
+        }
+      };
+      await step('schedules', () => periodic?.stop());
+      await step('consumers', () => broker?.stopConsuming());
+      await step('actors', () => runtime?.stop());
+      await step('commit', () => writer?.drain());
+      await step('broker', () => broker?.close());
+      await step('database', () => database?.close());
+      await step('http', () => closeServer(server));
     })();
     return stopping;
   };

@@ -119,6 +119,7 @@ export class Broker {
   private connected = true;
   private readonly sessions: Session[] = [];
   private readonly deferred = new Set<NodeJS.Timeout>();
+  private readonly inflight = new Set<Promise<void>>();
   private closing = false;
 
   private constructor(
@@ -166,11 +167,23 @@ export class Broker {
    * when no confirm came within the publish timeout; a timed-out publish is
    * aborted if it has not gone out yet.
    */
-  async publish(
+  publish(
     publication: string,
     content: Buffer,
     routingKey: string,
     properties: PublishProperties = {},
+  ): Promise<void> {
+    const publishing = this.confirmed(publication, content, routingKey, properties);
+    this.inflight.add(publishing);
+    void publishing.catch(() => {}).finally(() => this.inflight.delete(publishing));
+    return publishing;
+  }
+
+  private async confirmed(
+    publication: string,
+    content: Buffer,
+    routingKey: string,
+    properties: PublishProperties,
   ): Promise<void> {
     const timeoutMs = this.config.publishTimeoutMs;
     const session = (await this.rascalBroker.publish(publication, content, {
@@ -337,6 +350,9 @@ export class Broker {
     for (const timer of this.deferred) clearTimeout(timer);
     this.deferred.clear();
     await this.stopConsuming();
+    // A channel closed under a publish still waiting for its confirm fails it;
+    // let them settle (each is bounded by the publish timeout) first.
+    await Promise.allSettled([...this.inflight]);
     await this.rascalBroker.shutdown();
   }
 }

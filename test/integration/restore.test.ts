@@ -7,6 +7,7 @@ import {
   getJson,
   isolatedEnv,
   startTestService,
+  stopAllServices,
   testPool,
   type ServiceUnderTest,
 } from '../support/harness.js';
@@ -17,6 +18,7 @@ const view = async (sut: ServiceUnderTest, id: string) =>
 describe('restoring jobs from their snapshots', () => {
   const envs: Record<string, string>[] = [];
   after(async () => {
+    await stopAllServices();
     for (const env of envs) await cleanUp(env);
   });
 

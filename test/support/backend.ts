@@ -56,7 +56,8 @@ export class FakeBackend {
         receivedAt: Date.now(),
       };
       backend.received.push(execute);
-      void backend.act(execute, backend.behaviour(execute));
+      // A reply in flight when the test closes the backend is dropped.
+      void backend.act(execute, backend.behaviour(execute)).catch(() => {});
     });
     await channel.consume(replies.queue, (message) => {
       if (!message) return;

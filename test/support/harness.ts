@@ -67,6 +67,13 @@ export interface ServiceUnderTest {
   stop(): Promise<void>;
 }
 
+const running = new Set<ServiceUnderTest>();
+
+/** Stops every service a test file started and left running (after a failed assertion). */
+export async function stopAllServices(): Promise<void> {
+  for (const sut of [...running]) await sut.stop();
+}
+
 /** Starts the service in this process against the real PostgreSQL and RabbitMQ. */
 export async function startTestService(env: Record<string, string>): Promise<ServiceUnderTest> {
   const config = loadConfig(env, '0.0.0-test');
@@ -75,7 +82,7 @@ export async function startTestService(env: Record<string, string>): Promise<Ser
   await service.started;
   const port = (service.server.address() as AddressInfo).port;
   const pool = testPool();
-  return {
+  const sut: ServiceUnderTest = {
     config,
     env,
     service,
@@ -83,10 +90,13 @@ export async function startTestService(env: Record<string, string>): Promise<Ser
     baseUrl: `http://127.0.0.1:${port}`,
     pool,
     async stop() {
+      if (!running.delete(sut)) return;
       await service.stop();
       await pool.end();
     },
   };
+  running.add(sut);
+  return sut;
 }
 
 /** A small pool on the test database, for tests that look at or seed rows directly. */
