@@ -86,6 +86,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       windowMs: config.commitWindowMs,
       write: (changes) => commitChanges(db.pool, db.schema, changes),
       logger,
+      onBatch: (rows, ms) => logger.trace({ rows, ms: Math.round(ms) }, 'group commit'),
     });
     runtime = new JobRuntime({
       pool: db.pool,

@@ -1,5 +1,4 @@
 import {
-  jobMachine,
   nextWakeAt,
   type JobContext,
   type JobSnapshot,
@@ -45,6 +44,22 @@ export function executeBody(context: JobContext, sentAt: number) {
   };
 }
 
+/**
+ * What the store keeps of a snapshot: its status, state and context. Waiting
+ * states' timers are not kept: restore rebuilds them from the instants in the
+ * context (`withTimerFromContext`), which also saves walking and storing the
+ * children on every write.
+ */
+export function persistedSnapshot(snapshot: JobSnapshot) {
+  return {
+    status: snapshot.status,
+    value: snapshot.value,
+    historyValue: {},
+    context: snapshot.context,
+    children: {},
+  };
+}
+
 /** The row columns a snapshot implies. */
 export function columnsOf(snapshot: JobSnapshot): JobColumns {
   const state = snapshot.value as JobState;
@@ -59,7 +74,7 @@ export function columnsOf(snapshot: JobSnapshot): JobColumns {
     metadata: c.metadata,
     result: c.result,
     lastError: c.lastError,
-    snapshot: jobMachine.getPersistedSnapshot(snapshot),
+    snapshot: persistedSnapshot(snapshot),
     outbox: state === 'dispatched' ? outboxEntry(c) : null,
     finishedAt: c.finishedAt,
   };

@@ -72,8 +72,6 @@ interface LiveJob {
   last: JobSnapshot;
   /** Resolves when the latest change is committed. */
   lastWrite: Promise<void>;
-  logger: Logger;
-  loggedAttempt: number;
   stopped: boolean;
 }
 
@@ -261,7 +259,6 @@ export class JobRuntime {
         }
       },
     } as never) as LiveActor;
-    const logger = this.options.logger.child({ job_id: id, job_type: jobType });
     job = {
       id,
       jobType,
@@ -269,17 +266,27 @@ export class JobRuntime {
       ref,
       last: actor.getSnapshot(),
       lastWrite: Promise.resolve(),
-      logger: logger.child({ attempt: actor.getSnapshot().context.attempt }),
-      loggedAttempt: actor.getSnapshot().context.attempt,
       stopped: false,
     };
     const created = job;
     actor.subscribe({
-      error: (err) => created.logger.error({ err }, 'job actor failed'),
+      error: (err) => this.log(created).error({ err }, 'job actor failed'),
     });
     this.live.set(id, job);
     actor.start();
     return job;
+  }
+
+  /**
+   * The job's logger, with `job_id`, `job_type` and the current `attempt` bound;
+   * made when a line is written, not per transition.
+   */
+  private log(job: LiveJob): Logger {
+    return this.options.logger.child({
+      job_id: job.id,
+      job_type: job.jobType,
+      attempt: job.actor.getSnapshot().context.attempt,
+    });
   }
 
   private onSnapshot(job: LiveJob, snapshot: JobSnapshot, event: JobEvent): void {
@@ -288,14 +295,6 @@ export class JobRuntime {
     const to = snapshot.value as JobState;
     job.last = snapshot;
     const context = snapshot.context;
-    if (context.attempt !== job.loggedAttempt) {
-      job.loggedAttempt = context.attempt;
-      job.logger = this.options.logger.child({
-        job_id: job.id,
-        job_type: job.jobType,
-        attempt: context.attempt,
-      });
-    }
     const record: TransitionRecord = {
       from,
       to,
@@ -304,7 +303,9 @@ export class JobRuntime {
       at: 'at' in event ? event.at : this.now(),
       detail: transitionDetail(snapshot, event),
     };
-    job.logger.debug({ from, to, event: event.type }, 'transition');
+    if (this.options.logger.isLevelEnabled('debug')) {
+      this.log(job).debug({ from, to, event: event.type }, 'transition');
+    }
 
     const write = this.options.writer.write(job.id, job.ref, columnsOf(snapshot), [record]);
     job.lastWrite = write;
@@ -321,7 +322,7 @@ export class JobRuntime {
     }
     if (isFinal(record.to as JobState)) {
       const context = snapshot.context;
-      job.logger.info(
+      this.log(job).info(
         {
           state: record.to,
           attempts: context.attempt,
@@ -336,10 +337,10 @@ export class JobRuntime {
 
   private onWriteFailed(job: LiveJob, err: unknown): void {
     if (!(err instanceof VersionConflictError)) return; // shutdown abandoned it
-    job.logger.warn('job changed elsewhere; reloading it from the database');
+    this.log(job).warn('job changed elsewhere; reloading it from the database');
     this.forget(job);
     void this.activate(job.id).catch((e: unknown) =>
-      job.logger.error({ err: e }, 'reloading job failed'),
+      this.log(job).error({ err: e }, 'reloading job failed'),
     );
   }
 
@@ -372,7 +373,7 @@ export class JobRuntime {
           job.actor.send({ type: 'publish.confirmed', at: this.now(), sentAt });
         },
         (err: Error) => {
-          job.logger.warn({ err }, 'publish failed; the attempt will be published again');
+          this.log(job).warn({ err }, 'publish failed; the attempt will be published again');
           if (!stillWaiting()) return;
           job.actor.send({
             type: 'publish.failed',
