@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { loadScheduleDefinitions, type ScheduleDefinition } from './schedules.js';
 
 /** Start-up stops on a bad environment variable; the message names it. */
 export class ConfigError extends Error {
@@ -99,6 +100,9 @@ const schema = z.object({
   LOG_CONSOLE: flag.default(true),
   LOG_MAX_FILE_SIZE_MB: integer(1, 10_000).default(10),
   LOG_BACKUP_COUNT: integer(0, 1000).default(5),
+  /** Human-readable console lines instead of JSON; default on when NODE_ENV=development. */
+  LOG_PRETTY: flag.optional(),
+  NODE_ENV: z.string().optional(),
 
   DEFAULT_JOB_TIMEOUT_SECONDS: integer(1, 7 * DAY).default(300),
   DEFAULT_JOB_MAX_RETRIES: integer(1, 1000).default(3),
@@ -109,6 +113,10 @@ const schema = z.object({
   REMINDER_JOB_TIMEOUT_SECONDS: integer(1, 7 * DAY).optional(),
   REMINDER_JOB_MAX_RETRIES: integer(1, 1000).optional(),
   REMINDER_JOB_MIN_RETRY_DELAY_SECONDS: decimal(0, DAY).optional(),
+  /** Default cutoff of a job, in seconds after it is due; unset means none. */
+  DEFAULT_JOB_EXPIRES_AFTER_SECONDS: integer(1, 3650 * DAY).optional(),
+  CLEANUP_JOB_EXPIRES_AFTER_SECONDS: integer(1, 3650 * DAY).optional(),
+  REMINDER_JOB_EXPIRES_AFTER_SECONDS: integer(1, 3650 * DAY).optional(),
   /** Cap of the doubling retry backoff, in seconds. */
   RETRY_MAX_DELAY_SECONDS: decimal(0.01, 7 * DAY).default(3600),
 
@@ -124,6 +132,16 @@ const schema = z.object({
   METADATA_MAX_BYTES: integer(2, 16 * 1024 * 1024).default(64 * 1024),
   /** Window in which state changes of many jobs are committed together, in ms. */
   COMMIT_WINDOW_MS: integer(0, 1000).default(5),
+  /** Finished jobs and their transitions older than this many days are deleted. */
+  HISTORY_RETENTION_DAYS: decimal(0.001, 36_500).default(30),
+  /** How often the history clean-up runs, in minutes. */
+  RETENTION_INTERVAL_MINUTES: decimal(0.01, 7 * 24 * 60).default(60),
+  /** Rows deleted per statement by the history clean-up. */
+  RETENTION_BATCH_SIZE: integer(1, 100_000).default(1000),
+  /** Events one inspector stream may have queued before it is disconnected. */
+  SSE_MAX_BUFFERED_EVENTS: integer(1, 1_000_000).default(1000),
+  /** Comment line sent on an idle inspector stream, in seconds. */
+  SSE_HEARTBEAT_SECONDS: decimal(1, 3600).default(15),
   /** Longest time a SIGTERM shutdown may take before the process exits anyway, in seconds. */
   SHUTDOWN_GRACE_SECONDS: decimal(1, 600).default(20),
 });
@@ -134,6 +152,8 @@ export interface JobCategoryDefaults {
   timeoutSeconds: number;
   maxAttempts: number;
   minRetryDelaySeconds: number;
+  /** Cutoff after the due instant, in seconds; undefined for none. */
+  expiresAfterSeconds: number | undefined;
 }
 
 export interface Config {
@@ -171,6 +191,7 @@ export interface Config {
     console: boolean;
     maxFileSizeMb: number;
     backupCount: number;
+    pretty: boolean;
   };
   jobs: {
     cleanup: JobCategoryDefaults;
@@ -180,9 +201,16 @@ export interface Config {
     maxDelaySeconds: number;
     metadataMaxBytes: number;
   };
-  schedules: { mfaExpiryIntervalMinutes: number; misfireGraceSeconds: number };
+  schedules: {
+    mfaExpiryIntervalMinutes: number;
+    misfireGraceSeconds: number;
+    /** Periodic schedules, checked at start like every other setting (config/schedules.ts). */
+    definitions: ScheduleDefinition[];
+  };
   horizonMs: number;
   commitWindowMs: number;
+  retention: { maxAgeMs: number; intervalMs: number; batchSize: number };
+  inspector: { sseMaxBufferedEvents: number; sseHeartbeatMs: number };
   shutdownGraceMs: number;
 }
 
@@ -212,8 +240,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, packageVersion 
     maxAttempts: e[`${prefix}_JOB_MAX_RETRIES`] ?? e.DEFAULT_JOB_MAX_RETRIES,
     minRetryDelaySeconds:
       e[`${prefix}_JOB_MIN_RETRY_DELAY_SECONDS`] ?? e.DEFAULT_JOB_MIN_RETRY_DELAY_SECONDS,
+    expiresAfterSeconds:
+      e[`${prefix}_JOB_EXPIRES_AFTER_SECONDS`] ?? e.DEFAULT_JOB_EXPIRES_AFTER_SECONDS,
   });
 
+  const misfireGraceSeconds =
+    e.MISFIRE_GRACE_SECONDS ?? e.APSCHEDULER_MISFIRE_GRACE_SECONDS ?? 300;
   return {
     appName: e.APP_NAME,
     version: e.VERSION ?? packageVersion,
@@ -249,6 +281,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, packageVersion 
       console: e.LOG_CONSOLE,
       maxFileSizeMb: e.LOG_MAX_FILE_SIZE_MB,
       backupCount: e.LOG_BACKUP_COUNT,
+      pretty: e.LOG_PRETTY ?? e.NODE_ENV === 'development',
     },
     jobs: {
       cleanup: category('CLEANUP'),
@@ -260,10 +293,23 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, packageVersion 
     },
     schedules: {
       mfaExpiryIntervalMinutes: e.MFA_EXPIRY_JOB_INTERVAL_MINUTES,
-      misfireGraceSeconds: e.MISFIRE_GRACE_SECONDS ?? e.APSCHEDULER_MISFIRE_GRACE_SECONDS ?? 300,
+      misfireGraceSeconds,
+      definitions: loadScheduleDefinitions(present, {
+        mfaExpiryIntervalMinutes: e.MFA_EXPIRY_JOB_INTERVAL_MINUTES,
+        misfireGraceSeconds,
+      }),
     },
     horizonMs: Math.round(e.HORIZON_MINUTES * 60_000),
     commitWindowMs: e.COMMIT_WINDOW_MS,
+    retention: {
+      maxAgeMs: Math.round(e.HISTORY_RETENTION_DAYS * 86_400_000),
+      intervalMs: Math.round(e.RETENTION_INTERVAL_MINUTES * 60_000),
+      batchSize: e.RETENTION_BATCH_SIZE,
+    },
+    inspector: {
+      sseMaxBufferedEvents: e.SSE_MAX_BUFFERED_EVENTS,
+      sseHeartbeatMs: Math.round(e.SSE_HEARTBEAT_SECONDS * 1000),
+    },
     shutdownGraceMs: Math.round(e.SHUTDOWN_GRACE_SECONDS * 1000),
   };
 }

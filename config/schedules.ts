@@ -1,4 +1,3 @@
-import type { Config } from './env.js';
 import type { JobType } from './job-types.js';
 
 /** A periodic job: one instance of `jobType` every `everyMs`, on multiples of it since the epoch. */
@@ -8,12 +7,19 @@ export interface ScheduleDefinition {
   everyMs: number;
 }
 
-export function scheduleDefinitions(config: Config): ScheduleDefinition[] {
+/**
+ * The periodic schedules, from the environment. Throws `ConfigError` naming a
+ * bad variable.
+ */
+export function loadScheduleDefinitions(
+  _env: Record<string, string | undefined>,
+  base: { mfaExpiryIntervalMinutes: number; misfireGraceSeconds: number },
+): ScheduleDefinition[] {
   return [
     {
       name: 'mfa_expiry_cleanup',
       jobType: 'mfa_expiry_cleanup',
-      everyMs: Math.round(config.schedules.mfaExpiryIntervalMinutes * 60_000),
+      everyMs: Math.round(base.mfaExpiryIntervalMinutes * 60_000),
     },
   ];
 }

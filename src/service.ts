@@ -1,12 +1,12 @@
 import type http from 'node:http';
 import type { Logger } from 'pino';
 import type { Config } from '../config/env.js';
-import { scheduleDefinitions } from '../config/schedules.js';
 import { PUBLICATIONS, SUBSCRIPTIONS } from '../config/topology.js';
 import { Broker } from './broker/broker.js';
 import { createCommandHandler } from './handlers/commands.js';
 import { createReplyHandler } from './handlers/replies.js';
-import { closeServer, createApp, listen, type Readiness } from './http/app.js';
+import { closeServer, createApp, listen, type Readiness, type Services } from './http/app.js';
+import { SchedulerEventBus } from './events.js';
 import { JobRuntime } from './runtime/job-runtime.js';
 import { JobService } from './runtime/job-service.js';
 import { PeriodicScheduler } from './scheduler/periodic.js';
@@ -15,6 +15,8 @@ import { GroupCommit } from './store/group-commit.js';
 import { commitChanges, findByIdOrKey } from './store/sql.js';
 
 export interface RunningService {
+  /** What the service reports as it works; filled in as start-up goes. */
+  services: Services;
   /** The HTTP server, listening from the first moment of start-up. */
   server: http.Server;
   readiness: Readiness;
@@ -38,7 +40,8 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     postgres: async () => false,
     rabbitmq: () => false,
   };
-  const services: { jobs?: JobService } = {};
+  const bus = new SchedulerEventBus();
+  const services: Services = { bus };
   const app = createApp({
     appName: config.appName,
     version: config.version,
@@ -78,7 +81,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     database = await connect('PostgreSQL', () => openDatabase(config.postgres, logger));
     const db = database;
     readiness.postgres = () => db.ping();
-    broker = await connect('RabbitMQ', () => Broker.connect(config.rabbitmq, logger));
+    broker = await connect('RabbitMQ', () => Broker.connect(config.rabbitmq, logger, bus));
     const mq = broker;
     readiness.rabbitmq = () => mq.isConnected;
 
@@ -86,7 +89,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       windowMs: config.commitWindowMs,
       write: (changes) => commitChanges(db.pool, db.schema, changes),
       logger,
-      onBatch: (rows, ms) => logger.trace({ rows, ms: Math.round(ms) }, 'group commit'),
+      onBatch: (rows, ms) => bus.emit('committed', { rows, ms }),
     });
     runtime = new JobRuntime({
       pool: db.pool,
@@ -94,6 +97,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       writer,
       horizonMs: config.horizonMs,
       logger,
+      events: bus,
       publish: (routingKey, body, properties) =>
         mq.publish(PUBLICATIONS.execute, body, routingKey, {
           ...properties,
@@ -127,13 +131,13 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     );
 
     periodic = new PeriodicScheduler({
-      schedules: scheduleDefinitions(config),
+      schedules: config.schedules.definitions,
       service: jobs,
       misfireGraceMs: config.schedules.misfireGraceSeconds * 1000,
       logger,
     });
     await periodic.start();
-    services.jobs = jobs;
+    Object.assign(services, { jobs, runtime, database: db });
     readiness.started = true;
     logger.info('ready');
   })();
@@ -165,5 +169,5 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     return stopping;
   };
 
-  return { server, readiness, started, stop };
+  return { server, readiness, started, stop, services };
 }

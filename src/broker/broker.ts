@@ -11,6 +11,7 @@ import {
   type QueuePlan,
 } from '../../config/topology.js';
 import { InvalidMessageError } from './messages.js';
+import type { SchedulerEventBus } from '../events.js';
 
 const { BrokerAsPromised } = rascal;
 
@@ -50,10 +51,6 @@ export interface PublishProperties {
   type?: string;
   timestamp?: number;
   headers?: Record<string, unknown>;
-}
-
-export interface BrokerEvents {
-  onReconnect?: () => void;
 }
 
 type RascalBroker = Awaited<ReturnType<typeof BrokerAsPromised.create>>;
@@ -129,27 +126,38 @@ export class Broker {
     private readonly rascalBroker: RascalBroker,
     private readonly config: Config['rabbitmq'],
     private readonly logger: Logger,
+    private readonly events?: SchedulerEventBus,
   ) {
     rascalBroker.on('error', (err: Error) => {
       logger.error({ err: new Error(redactUrl(err.message)) }, 'broker error');
     });
     rascalBroker.on('disconnect', () => {
-      if (this.connected) logger.warn('broker connection lost; reconnecting');
+      if (this.connected) {
+        logger.warn('broker connection lost; reconnecting');
+        this.events?.emit('broker', { up: false });
+      }
       this.connected = false;
     });
     rascalBroker.on('connect', () => {
-      if (!this.connected) logger.info('broker connection restored');
+      if (!this.connected) {
+        logger.info('broker connection restored');
+        this.events?.emit('broker', { up: true });
+      }
       this.connected = true;
     });
     rascalBroker.on('blocked', (reason: string) => logger.warn({ reason }, 'broker blocked us'));
   }
 
-  static async connect(config: Config['rabbitmq'], logger: Logger): Promise<Broker> {
+  static async connect(
+    config: Config['rabbitmq'],
+    logger: Logger,
+    events?: SchedulerEventBus,
+  ): Promise<Broker> {
     const where = redactUrl(config.url);
     try {
       const plans = await planQueues(config, logger);
       const created = await createRascal(rascalConfig(config, plans));
-      return new Broker(created, config, logger);
+      return new Broker(created, config, logger, events);
     } catch (err) {
       throw new Error(
         `cannot set up RabbitMQ at ${where}: ${redactUrl((err as Error).message)}; ` +

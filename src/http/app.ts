@@ -4,7 +4,10 @@ import Koa, { type Context, type Next } from 'koa';
 import Router from '@koa/router';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import type { SchedulerEventBus } from '../events.js';
+import type { JobRuntime } from '../runtime/job-runtime.js';
 import type { JobService } from '../runtime/job-service.js';
+import type { Database } from '../store/database.js';
 
 /** An error the HTTP edge answers with its status and the error body of PROTOCOL.md. */
 export class HttpError extends Error {
@@ -33,8 +36,18 @@ export interface AppOptions {
   apiToken: string | undefined;
   logger: Logger;
   readiness: Readiness;
-  /** Set once the store is open; routes over jobs answer 503 before. */
-  services: { jobs?: JobService };
+  /** Filled in as start-up goes; routes that need a missing one answer 503. */
+  services: Services;
+  /** Further routes, mounted behind the token rule. */
+  routers?: Router[];
+}
+
+/** What routes work with, as far as start-up has made it. */
+export interface Services {
+  bus: SchedulerEventBus;
+  jobs?: JobService;
+  runtime?: JobRuntime;
+  database?: Database;
 }
 
 const uuid = z.uuid();
@@ -153,12 +166,13 @@ export function createApp(options: AppOptions): Koa {
     ctx.body = view;
   });
 
+  for (const router of options.routers ?? []) guarded.use(router.routes(), router.allowedMethods());
   app.use(open.routes());
   app.use(guarded.routes());
   return app;
 }
 
-function requireService<T>(service: T | undefined): T {
+export function requireService<T>(service: T | undefined): T {
   if (!service) throw new HttpError(503, 'starting', 'the service is still starting');
   return service;
 }

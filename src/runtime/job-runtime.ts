@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import {
   isFinal,
   jobMachine,
+  nextWakeAt,
   type JobEvent,
   type JobInput,
   type JobSnapshot,
@@ -29,6 +30,7 @@ import {
 } from '../store/sql.js';
 import type pg from 'pg';
 import { columnsOf, executeBody, executeRoutingKey, messageId } from './job-columns.js';
+import type { SchedulerEventBus } from '../events.js';
 
 type LiveActor = Actor<typeof jobMachine>;
 type TimerEvent = Extract<JobEvent, { type: 'due' | 'deadline.passed' | 'backoff.elapsed' }>;
@@ -39,16 +41,6 @@ export type PublishExecute = (
   body: Buffer,
   properties: { messageId: string; correlationId: string; type: string; timestamp: number },
 ) => Promise<void>;
-
-/** Events the runtime reports, for logs, metrics and the inspector. */
-export interface RuntimeListener {
-  /** A job changed state (or moved its wait), and the change is committed. */
-  transition?(jobId: string, jobType: string, record: TransitionRecord): void;
-  /** An attempt was published and confirmed; `lagMs` is from due to confirm. */
-  dispatched?(jobType: string, lagMs: number): void;
-  /** A reply moved a job; `latencyMs` from the attempt's publish to the reply. */
-  replied?(jobType: string, latencyMs: number): void;
-}
 
 export interface RuntimeOptions {
   pool: pg.Pool;
@@ -61,7 +53,8 @@ export interface RuntimeOptions {
   now?: () => number;
   /** Draws jitter in [0, 1); default `Math.random`. */
   random?: () => number;
-  listener?: RuntimeListener;
+  /** Where transitions, dispatches and replies are reported. */
+  events?: SchedulerEventBus;
 }
 
 interface LiveJob {
@@ -71,7 +64,9 @@ interface LiveJob {
   ref: VersionRef;
   last: JobSnapshot;
   /** Resolves when the latest change is committed. */
-  lastWrite: Promise<void>;
+  lastWrite: Promise<unknown>;
+  /** The instant the attempt being dispatched was due, for the dispatch lag. */
+  dueAt?: number;
   stopped: boolean;
 }
 
@@ -203,6 +198,14 @@ export class JobRuntime {
       return { kind: 'ignored', state: before.value as JobState, reason: ignoredReason(before, event) };
     }
     await job.lastWrite;
+    if (event.type === 'jobs.completed' || event.type === 'jobs.failed') {
+      const sentAt = before.context.sentAt;
+      this.options.events?.emit('replied', {
+        jobType: job.jobType,
+        reply: event.type,
+        latencyMs: sentAt === null ? null : event.at - sentAt,
+      });
+    }
     this.releaseIfFar(job);
     return { kind: 'applied', state: after.value as JobState };
   }
@@ -293,6 +296,7 @@ export class JobRuntime {
     if (job.stopped || snapshot === job.last) return;
     const from = job.last.value as JobState;
     const to = snapshot.value as JobState;
+    if (to === 'dispatched') job.dueAt = nextWakeAt(from, job.last.context) ?? undefined;
     job.last = snapshot;
     const context = snapshot.context;
     const record: TransitionRecord = {
@@ -310,13 +314,23 @@ export class JobRuntime {
     const write = this.options.writer.write(job.id, job.ref, columnsOf(snapshot), [record]);
     job.lastWrite = write;
     write.then(
-      () => this.afterCommit(job, snapshot, record),
+      ([transitionId]) => this.afterCommit(job, snapshot, record, transitionId),
       (err: unknown) => this.onWriteFailed(job, err),
     );
   }
 
-  private afterCommit(job: LiveJob, snapshot: JobSnapshot, record: TransitionRecord): void {
-    this.options.listener?.transition?.(job.id, job.jobType, record);
+  private afterCommit(
+    job: LiveJob,
+    snapshot: JobSnapshot,
+    record: TransitionRecord,
+    transitionId: string | undefined,
+  ): void {
+    this.options.events?.emit('transition', {
+      id: transitionId ?? '',
+      jobId: job.id,
+      jobType: job.jobType,
+      ...record,
+    });
     if (record.to === 'dispatched' && job.actor.getSnapshot() === snapshot) {
       this.publishAttempt(job);
     }
@@ -369,7 +383,10 @@ export class JobRuntime {
       .then(
         () => {
           if (!stillWaiting()) return;
-          this.options.listener?.dispatched?.(job.jobType, this.now() - context.scheduledFor);
+          if (job.dueAt !== undefined) {
+            const lagMs = this.now() - job.dueAt;
+            this.options.events?.emit('dispatched', { jobType: job.jobType, lagMs });
+          }
           job.actor.send({ type: 'publish.confirmed', at: this.now(), sentAt });
         },
         (err: Error) => {

@@ -1,5 +1,5 @@
 import type { Logger } from 'pino';
-import type { JobChange, JobColumns, TransitionRecord } from './sql.js';
+import type { Committed, JobChange, JobColumns, TransitionRecord } from './sql.js';
 
 /** A change lost a race: the row moved on since this instance read it. */
 export class VersionConflictError extends Error {
@@ -18,7 +18,14 @@ interface Pending {
   ref: VersionRef;
   columns: JobColumns;
   transitions: TransitionRecord[];
-  waiters: { resolve: () => void; reject: (err: Error) => void }[];
+  waiters: Waiter[];
+}
+
+interface Waiter {
+  resolve: (transitionIds: string[]) => void;
+  reject: (err: Error) => void;
+  /** How many of the entry's transitions are this write's. */
+  transitions: number;
 }
 
 export interface GroupCommitOptions {
@@ -26,7 +33,7 @@ export interface GroupCommitOptions {
   windowMs: number;
   /** Rows per statement; more wait for the next. */
   maxBatch?: number;
-  write: (changes: JobChange[]) => Promise<Map<string, number>>;
+  write: (changes: JobChange[]) => Promise<Map<string, Committed>>;
   logger: Logger;
   /** Told of each committed batch: its size and how long the statement took. */
   onBatch?: (size: number, ms: number) => void;
@@ -54,25 +61,26 @@ export class GroupCommit {
     this.maxBatch = options.maxBatch ?? 1000;
   }
 
-  /** Queues a change of one job; resolves when it is committed. */
+  /** Queues a change of one job; resolves with its transitions' ids when it is committed. */
   write(
     jobId: string,
     ref: VersionRef,
     columns: JobColumns,
     transitions: TransitionRecord[],
-  ): Promise<void> {
+  ): Promise<string[]> {
     return new Promise((resolve, reject) => {
+      const waiter: Waiter = { resolve, reject, transitions: transitions.length };
       const existing = this.pending.get(jobId);
       if (existing) {
         existing.columns = columns;
         existing.transitions.push(...transitions);
-        existing.waiters.push({ resolve, reject });
+        existing.waiters.push(waiter);
       } else {
         this.pending.set(jobId, {
           ref,
           columns,
           transitions: [...transitions],
-          waiters: [{ resolve, reject }],
+          waiters: [waiter],
         });
       }
       this.schedule(this.options.windowMs);
@@ -144,7 +152,7 @@ export class GroupCommit {
       transitions: p.transitions,
     }));
     const started = performance.now();
-    let written: Map<string, number>;
+    let written: Map<string, Committed>;
     try {
       written = await this.options.write(changes);
     } catch (err) {
@@ -160,13 +168,17 @@ export class GroupCommit {
     this.options.onBatch?.(batch.size, performance.now() - started);
 
     for (const [id, p] of batch) {
-      const version = written.get(id);
-      if (version === undefined) {
+      const row = written.get(id);
+      if (row === undefined) {
         const conflict = new VersionConflictError(id);
         for (const w of p.waiters) w.reject(conflict);
-      } else {
-        p.ref.version = version;
-        for (const w of p.waiters) w.resolve();
+        continue;
+      }
+      p.ref.version = row.version;
+      let offset = 0;
+      for (const w of p.waiters) {
+        w.resolve(row.transitionIds.slice(offset, offset + w.transitions));
+        offset += w.transitions;
       }
     }
   }

@@ -67,23 +67,29 @@ export interface JobChange {
   transitions: TransitionRecord[];
 }
 
+/** A job row written by a group commit: its new version and its transitions' ids, in order. */
+export interface Committed {
+  version: number;
+  transitionIds: string[];
+}
+
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
 const json = (value: unknown) => (value === null || value === undefined ? null : JSON.stringify(value));
 
 /**
  * Writes many jobs' changes in one statement: each row is updated only when its
  * version still matches, and its transitions are appended in the same
- * statement. Returns the new version of each row written; a row missing from
- * the result lost a race and was not written.
+ * statement. Returns each written row's new version and transition ids; a row
+ * missing from the result lost a race and was not written.
  */
 export async function commitChanges(
   pool: pg.Pool,
   schema: string,
   changes: JobChange[],
-): Promise<Map<string, number>> {
+): Promise<Map<string, Committed>> {
   const c = changes.map((x) => x.columns);
   const t = changes.flatMap((x) => x.transitions.map((tr) => ({ id: x.id, ...tr })));
-  const { rows } = await pool.query<{ id: string; version: number }>(
+  const { rows } = await pool.query<{ id: string; version: number; transition_ids: string[] }>(
     `with changed as (
        update "${schema}".jobs as j
        set state = c.state,
@@ -119,8 +125,12 @@ export async function commitChanges(
          as t(job_id, from_state, to_state, event, attempt, at, detail, n)
        where t.job_id in (select id from changed)
        order by t.n
+       returning id, job_id
      )
-     select id, version from changed`,
+     select c.id, c.version,
+            coalesce((select array_agg(l.id order by l.id) from logged l where l.job_id = c.id),
+                     '{}') as transition_ids
+     from changed c`,
     [
       changes.map((x) => x.id),
       changes.map((x) => x.version),
@@ -146,7 +156,9 @@ export async function commitChanges(
       t.map((x) => json(x.detail)),
     ],
   );
-  return new Map(rows.map((r) => [r.id, r.version]));
+  return new Map(
+    rows.map((r) => [r.id, { version: r.version, transitionIds: r.transition_ids.map(String) }]),
+  );
 }
 
 export interface NewJob {

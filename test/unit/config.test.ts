@@ -25,11 +25,13 @@ describe('configuration from the environment', () => {
       timeoutSeconds: 120,
       maxAttempts: 9,
       minRetryDelaySeconds: 60,
+      expiresAfterSeconds: undefined,
     });
     assert.deepEqual(config.jobs.cleanup, {
       timeoutSeconds: 120,
       maxAttempts: 4,
       minRetryDelaySeconds: 2.5,
+      expiresAfterSeconds: undefined,
     });
   });
 
