@@ -53,6 +53,8 @@ export interface JobInput {
   anchor: { anchorAt: number; offsetSeconds: number } | null;
   /** Attempts already made by earlier runs of the same job (manual retry). */
   attemptsBefore?: number;
+  /** When `pending` ends, if not at `scheduledFor` (a manual retry runs now). */
+  dueAt?: number;
 }
 
 export interface JobContext {
@@ -284,7 +286,7 @@ export const jobMachine = setup({
     jobId: input.jobId,
     jobType: input.jobType,
     scheduledFor: input.scheduledFor,
-    dueAt: input.scheduledFor,
+    dueAt: input.dueAt ?? input.scheduledFor,
     expiresAt: input.expiresAt,
     timeoutSeconds: input.timeoutSeconds,
     attemptLimit: (input.attemptsBefore ?? 0) + input.maxAttempts,

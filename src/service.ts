@@ -5,6 +5,7 @@ import { PUBLICATIONS, SUBSCRIPTIONS } from '../config/topology.js';
 import { Broker } from './broker/broker.js';
 import { createCommandHandler } from './handlers/commands.js';
 import { createReplyHandler } from './handlers/replies.js';
+import { createJobsRouter } from './http/jobs-routes.js';
 import { closeServer, createApp, listen, type Readiness, type Services } from './http/app.js';
 import { SchedulerEventBus } from './events.js';
 import { JobRuntime } from './runtime/job-runtime.js';
@@ -49,6 +50,15 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     logger,
     readiness,
     services,
+    routers: [
+      createJobsRouter(services, {
+        limits: {
+          maxDelaySeconds: config.jobs.maxDelaySeconds,
+          metadataMaxBytes: config.jobs.metadataMaxBytes,
+        },
+        maxBytes: config.rabbitmq.maxMessageBytes,
+      }),
+    ],
   });
   const server = await listen(app, config.http.host, config.http.port);
   logger.info({ port: config.http.port, version: config.version }, 'listening');

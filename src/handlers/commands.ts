@@ -15,32 +15,51 @@ import { RequestRefused, type JobService } from '../runtime/job-service.js';
 export type ReplySender = (replyTo: string, correlationId: string | undefined, body: unknown) =>
   Promise<void>;
 
-const jobRef = z.object({
+const target = {
   job_id: z.uuid('expected a UUID').optional(),
   idempotency_key: z.string().min(1).max(255).optional(),
-});
+  subject: z.string().min(1).max(255).optional(),
+};
 
-function createCancelSchema() {
-  return jobRef.extend({ event_type: z.literal('jobs.cancel').optional() }).refine(
-    (b) => (b.job_id === undefined) !== (b.idempotency_key === undefined),
-    { message: 'give exactly one of job_id and idempotency_key', path: ['job_id'] },
-  );
-}
+const oneTarget = (b: { job_id?: unknown; idempotency_key?: unknown; subject?: unknown }) =>
+  [b.job_id, b.idempotency_key, b.subject].filter((v) => v !== undefined).length === 1;
+
+const cancelSchema = z
+  .object({ event_type: z.literal('jobs.cancel').optional(), ...target })
+  .refine(oneTarget, {
+    message: 'give exactly one of job_id, idempotency_key and subject',
+    path: ['job_id'],
+  });
 
 function createRescheduleSchema(limits: CommandLimits) {
-  return jobRef
-    .extend({
+  return z
+    .object({
       event_type: z.literal('jobs.reschedule').optional(),
+      ...target,
       scheduled_for: instant.optional(),
       delay_seconds: z.number().min(0).max(limits.maxDelaySeconds).optional(),
+      anchor_at: instant.optional(),
     })
-    .refine((b) => (b.job_id === undefined) !== (b.idempotency_key === undefined), {
-      message: 'give exactly one of job_id and idempotency_key',
+    .refine(oneTarget, {
+      message: 'give exactly one of job_id, idempotency_key and subject',
       path: ['job_id'],
     })
-    .refine((b) => (b.scheduled_for === undefined) !== (b.delay_seconds === undefined), {
-      message: 'give exactly one of scheduled_for and delay_seconds',
-      path: ['scheduled_for'],
+    .superRefine((b, ctx) => {
+      if (b.subject !== undefined) {
+        if (b.anchor_at === undefined || b.scheduled_for !== undefined || b.delay_seconds !== undefined) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['anchor_at'],
+            message: 'a subject is rescheduled by anchor_at alone',
+          });
+        }
+      } else if ((b.scheduled_for === undefined) === (b.delay_seconds === undefined) || b.anchor_at !== undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['scheduled_for'],
+          message: 'give exactly one of scheduled_for and delay_seconds',
+        });
+      }
     });
 }
 
@@ -62,7 +81,6 @@ export function createCommandHandler(
   },
 ): MessageHandler {
   const schedule = createScheduleSchema(options.limits);
-  const cancel = createCancelSchema();
   const reschedule = createRescheduleSchema(options.limits);
   const now = options.now ?? Date.now;
 
@@ -86,11 +104,20 @@ export function createCommandHandler(
         };
       }
       case 'jobs.cancel': {
-        const id = await resolveId(check(cancel, body));
+        const command = check(cancelSchema, body);
+        if (command.subject !== undefined) {
+          const ids = await service.cancelSubject(command.subject);
+          return { ok: true, job_ids: ids, count: ids.length };
+        }
+        const id = await resolveId(command);
         return { ok: true, job_id: id, state: await service.cancel(id) };
       }
       case 'jobs.reschedule': {
         const command = check(reschedule, body);
+        if (command.subject !== undefined) {
+          const ids = await service.rescheduleSubject(command.subject, command.anchor_at ?? 0);
+          return { ok: true, job_ids: ids, count: ids.length };
+        }
         const dueAt =
           command.scheduled_for ?? now() + Math.round((command.delay_seconds ?? 0) * 1000);
         const id = await resolveId(command);

@@ -3,7 +3,6 @@ import { timingSafeEqual } from 'node:crypto';
 import Koa, { type Context, type Next } from 'koa';
 import Router from '@koa/router';
 import type { Logger } from 'pino';
-import { z } from 'zod';
 import type { SchedulerEventBus } from '../events.js';
 import type { JobRuntime } from '../runtime/job-runtime.js';
 import type { JobService } from '../runtime/job-service.js';
@@ -49,8 +48,6 @@ export interface Services {
   runtime?: JobRuntime;
   database?: Database;
 }
-
-const uuid = z.uuid();
 
 function isLoopback(address: string | undefined): boolean {
   return (
@@ -154,17 +151,6 @@ export function createApp(options: AppOptions): Koa {
   });
 
   guarded.use(authorize(options));
-
-  guarded.get('/jobs/:id', async (ctx) => {
-    const id = ctx.params['id'] ?? '';
-    if (!uuid.safeParse(id).success) {
-      throw new HttpError(400, 'invalid_job_id', 'job id must be a UUID', 'job_id');
-    }
-    const jobs = requireService(options.services.jobs);
-    const view = await jobs.get(id);
-    if (!view) throw new HttpError(404, 'not_found', `job ${id} not found`);
-    ctx.body = view;
-  });
 
   for (const router of options.routers ?? []) guarded.use(router.routes(), router.allowedMethods());
   app.use(open.routes());

@@ -11,6 +11,7 @@ import {
   isFinal,
   jobMachine,
   nextWakeAt,
+  type JobContext,
   type JobEvent,
   type JobInput,
   type JobSnapshot,
@@ -208,6 +209,47 @@ export class JobRuntime {
     }
     this.releaseIfFar(job);
     return { kind: 'applied', state: after.value as JobState };
+  }
+
+  /**
+   * Starts a dead job again as a new actor (a final state has no way out): the
+   * row gets the new actor's snapshot under the version check, with a
+   * `dead → pending` transition, and the actor goes live. Returns the job's
+   * state afterwards: `pending`, or the state that kept it from a retry.
+   */
+  async retry(
+    jobId: string,
+    at: number,
+    makeInput: (context: JobContext) => JobInput,
+  ): Promise<JobState | 'unknown'> {
+    const row = await findJob(this.options.pool, this.options.schema, jobId);
+    if (!row) return 'unknown';
+    if (row.state !== 'dead' || this.live.has(jobId)) return row.state as JobState;
+    const previous = migrateSnapshot(row.snapshot, row.machine_version) as { context: JobContext };
+    const input = makeInput(previous.context);
+    const [snapshot] = initialTransition(this.machine, input);
+    const ref: VersionRef = { version: row.version };
+    const record: TransitionRecord = {
+      from: 'dead',
+      to: 'pending',
+      event: 'retry',
+      attempt: input.attemptsBefore ?? 0,
+      at,
+      detail: { attempt_limit: snapshot.context.attemptLimit },
+    };
+    const [transitionId] = await this.options.writer.write(jobId, ref, columnsOf(snapshot), [
+      record,
+    ]);
+    this.options.events?.emit('transition', {
+      id: transitionId ?? '',
+      jobId,
+      jobType: row.job_type,
+      ...record,
+    });
+    if (snapshot.context.dueAt <= this.horizonEnd() && !this.stopping) {
+      this.spawn(jobId, row.job_type, ref, { input });
+    }
+    return 'pending';
   }
 
   private whyNotLive(row: JobRow): string {

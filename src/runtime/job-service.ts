@@ -2,11 +2,15 @@ import { randomUUID } from 'node:crypto';
 import type { MikroORM } from '@mikro-orm/postgresql';
 import type pg from 'pg';
 import type { Config } from '../../config/env.js';
-import { categoryDefaults } from '../../config/job-types.js';
-import type { JobInput, JobState } from '../../machines/job.machine.js';
+import { categoryDefaults, type JobType } from '../../config/job-types.js';
+import {
+  CANCELLABLE_STATES,
+  type JobInput,
+  type JobState,
+} from '../../machines/job.machine.js';
 import { InvalidMessageError, type ScheduleCommand } from '../broker/messages.js';
 import { JobEntity, type Job } from '../store/entities.js';
-import { findByIdOrKey, type JobRow } from '../store/sql.js';
+import { findByIdOrKey, findSubjectJobs, type JobRow } from '../store/sql.js';
 import type { JobRuntime } from './job-runtime.js';
 
 /**
@@ -81,11 +85,14 @@ export class JobService {
     }
 
     const defaults = categoryDefaults(this.config, command.jobType);
+    const defaultCutoff = defaults.expiresAfterSeconds;
     const input: JobInput = {
       jobId: command.jobId ?? randomUUID(),
       jobType: command.jobType,
       scheduledFor,
-      expiresAt: command.expiresAt ?? null,
+      expiresAt:
+        command.expiresAt ??
+        (defaultCutoff === undefined ? null : scheduledFor + defaultCutoff * 1000),
       timeoutSeconds: command.timeoutSeconds ?? defaults.timeoutSeconds,
       maxAttempts: command.maxAttempts ?? defaults.maxAttempts,
       minRetryDelayMs: Math.round(
@@ -154,6 +161,113 @@ export class JobService {
   async get(jobId: string): Promise<JobView | null> {
     const job = await this.orm.em.fork().findOne(JobEntity, { id: jobId });
     return job ? jobView(job) : null;
+  }
+
+  /** The view of a job that must exist (after a change to it). */
+  async view(jobId: string): Promise<JobView> {
+    const view = await this.get(jobId);
+    if (!view) throw new RequestRefused('not_found', `job ${jobId} not found`);
+    return view;
+  }
+
+  /** Cancels every waiting job of a subject; returns the ids it cancelled. */
+  async cancelSubject(subject: string): Promise<string[]> {
+    const jobs = await findSubjectJobs(this.pool, this.schema, subject, CANCELLABLE_STATES);
+    const cancelled = await Promise.all(
+      jobs.map(async ({ id }) => {
+        const outcome = await this.runtime.send(id, { type: 'cancel', at: this.now() });
+        return outcome.kind === 'applied' ? id : null;
+      }),
+    );
+    return cancelled.filter((id): id is string => id !== null);
+  }
+
+  /**
+   * Moves every pending job of a subject that was timed by anchor to the new
+   * anchor, each by its own offset (its cutoff moves with it). Jobs in flight
+   * keep going. Returns the ids it moved.
+   */
+  async rescheduleSubject(subject: string, anchorAt: number): Promise<string[]> {
+    const jobs = await findSubjectJobs(this.pool, this.schema, subject, ['pending'], true);
+    const moved = await Promise.all(
+      jobs.map(async ({ id, offsetSeconds }) => {
+        const dueAt = anchorAt + (offsetSeconds ?? 0) * 1000;
+        const outcome = await this.runtime.send(id, { type: 'reschedule', at: this.now(), dueAt });
+        return outcome.kind === 'applied' ? id : null;
+      }),
+    );
+    return moved.filter((id): id is string => id !== null);
+  }
+
+  /**
+   * Runs a dead job again now, with a fresh budget of attempts; attempts number
+   * on. A job that died expired needs a new cutoff (or explicitly none).
+   */
+  async retry(
+    jobId: string,
+    options: { maxAttempts?: number; expiresAt?: number | null },
+  ): Promise<JobState> {
+    const now = this.now();
+    const state = await this.runtime.retry(jobId, now, (context) => {
+      if (context.deadReason === 'expired' && options.expiresAt === undefined) {
+        throw new RequestRefused(
+          'invalid_state',
+          `job ${jobId} expired; give a new expires_at (or null for none) to retry it`,
+        );
+      }
+      const expiresAt = options.expiresAt === undefined ? context.expiresAt : options.expiresAt;
+      if (expiresAt !== null && expiresAt <= now) {
+        throw new InvalidMessageError('expires_at: is in the past', 'expires_at');
+      }
+      const defaults = categoryDefaults(this.config, context.jobType as JobType);
+      return {
+        jobId: context.jobId,
+        jobType: context.jobType,
+        scheduledFor: context.scheduledFor,
+        dueAt: now,
+        expiresAt,
+        timeoutSeconds: context.timeoutSeconds,
+        maxAttempts: options.maxAttempts ?? defaults.maxAttempts,
+        minRetryDelayMs: context.minRetryDelayMs,
+        maxRetryDelayMs: context.maxRetryDelayMs,
+        publishRetryDelayMs: context.publishRetryDelayMs,
+        metadata: context.metadata,
+        subject: context.subject,
+        anchor: context.anchor,
+        attemptsBefore: context.attempt,
+      };
+    });
+    if (state === 'unknown') throw new RequestRefused('not_found', `job ${jobId} not found`);
+    if (state !== 'pending') {
+      throw new RequestRefused('invalid_state', `job ${jobId} is ${state}; only a dead job can be retried`);
+    }
+    return state;
+  }
+
+  /** A page of jobs, ordered by `scheduled_for` then `job_id`; `cursor` continues a listing. */
+  async list(filter: {
+    state?: string;
+    jobType?: string;
+    subject?: string;
+    limit: number;
+    cursor?: string;
+  }): Promise<{ jobs: JobView[]; nextCursor: string | null }> {
+    const where = {
+      ...(filter.state && { state: filter.state }),
+      ...(filter.jobType && { jobType: filter.jobType }),
+      ...(filter.subject && { subject: filter.subject }),
+    };
+    const page = await this.orm.em.fork().findByCursor(JobEntity, {
+      where,
+      first: filter.limit,
+      ...(filter.cursor && { after: filter.cursor }),
+      orderBy: { scheduledFor: 'asc', id: 'asc' },
+      includeCount: false,
+    });
+    return {
+      jobs: page.items.map(jobView),
+      nextCursor: page.hasNextPage ? page.endCursor : null,
+    };
   }
 }
 

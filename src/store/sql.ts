@@ -284,3 +284,26 @@ export async function markUnrestorable(
     [id, reason],
   );
 }
+
+/**
+ * A subject's jobs in the given states, with their anchor offset (null when not
+ * timed by anchor); with `anchored`, only those timed by anchor.
+ */
+export async function findSubjectJobs(
+  pool: pg.Pool,
+  schema: string,
+  subject: string,
+  states: readonly string[],
+  anchored = false,
+): Promise<{ id: string; offsetSeconds: number | null }[]> {
+  const { rows } = await pool.query<{ id: string; offset_seconds: number | null }>(
+    `select id, (snapshot->'context'->'anchor'->>'offsetSeconds')::float8 as offset_seconds
+     from "${schema}".jobs
+     where subject = $1
+       and state = any($2::text[])
+       and ($3::boolean is false or jsonb_typeof(snapshot->'context'->'anchor') = 'object')
+     order by scheduled_for, id`,
+    [subject, states, anchored],
+  );
+  return rows.map((r) => ({ id: r.id, offsetSeconds: r.offset_seconds }));
+}
