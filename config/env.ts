@@ -1,10 +1,8 @@
 import { z } from 'zod';
+import { ConfigError } from './errors.js';
 import { loadScheduleDefinitions, type ScheduleDefinition } from './schedules.js';
 
-/** Start-up stops on a bad environment variable; the message names it. */
-export class ConfigError extends Error {
-  override readonly name = 'ConfigError';
-}
+export { ConfigError };
 
 const integer = (min: number, max: number) =>
   z

@@ -112,6 +112,8 @@ export type JobEvent =
       jitter: number;
     }
   | { type: 'cancel'; at: number }
+  /** The runtime is about to publish a dispatched attempt: end it if its cutoff passed. */
+  | { type: 'expire'; at: number }
   | { type: 'reschedule'; at: number; dueAt: number };
 
 type TimerEvent = Extract<JobEvent, { type: 'due' | 'deadline.passed' | 'backoff.elapsed' }>;
@@ -176,7 +178,7 @@ export const jobMachine = setup({
     wait: fromEventObservable<TimerEvent, WaitInput>(() => NEVER),
   },
   guards: {
-    dueAfterCutoff: ({ context, event }) => pastCutoff(context, (event as TimerEvent).at),
+    dueAfterCutoff: ({ context, event }) => pastCutoff(context, (event as { at: number }).at),
     republishing: ({ context }) => context.republish,
     completionApplies: ({ context, event }) => completionApplies(context, event as Completed),
     failureApplies: ({ context, event }) => failureApplies(context, event as Failed),
@@ -339,6 +341,7 @@ export const jobMachine = setup({
           actions: 'recordSuccess',
         },
         'jobs.failed': { guard: 'failureApplies', target: 'failed', actions: 'recordFailure' },
+        expire: { guard: 'dueAfterCutoff', target: 'dead', actions: 'markExpired' },
         cancel: { target: 'cancelled', actions: 'markCancelled' },
       },
     },

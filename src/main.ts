@@ -1,7 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import pino from 'pino';
 import { ConfigError, loadConfig } from '../config/env.js';
-import { createLogger } from './logger.js';
+import { createLogger, secretsOf } from './logger.js';
 import { startService } from './service.js';
 
 /** The version in package.json, found from here whether run from source or from dist/. */
@@ -15,8 +15,10 @@ function packageVersion(): string {
 
 async function main(): Promise<void> {
   let config;
+  let logs;
   try {
     config = loadConfig(process.env, packageVersion());
+    logs = createLogger(config.log, { secrets: secretsOf(config) });
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     pino({ base: { service: 'job_scheduler' } }).fatal(err.message);
@@ -24,18 +26,24 @@ async function main(): Promise<void> {
     return;
   }
 
-  const logger = createLogger(config.log);
+  const { logger } = logs;
+  // Buffered lines reach stdout and the log files before the process ends.
+  const closeLogs = () => void logs.close();
   const service = await startService(config, logger);
   service.started.catch((err: unknown) => {
     if (service.readiness.stopping) return;
     logger.fatal({ err }, 'start-up failed');
-    void service.stop().finally(() => (process.exitCode = 1));
+    void service.stop().finally(() => {
+      process.exitCode = 1;
+      closeLogs();
+    });
   });
 
   const shutdown = (signal: string) => {
     logger.info({ signal }, 'shutting down');
     const grace = setTimeout(() => {
       logger.error({ graceMs: config.shutdownGraceMs }, 'shutdown grace exceeded; exiting');
+      logs.flushSync();
       process.exit(1);
     }, config.shutdownGraceMs);
     grace.unref();
@@ -43,10 +51,12 @@ async function main(): Promise<void> {
       () => {
         clearTimeout(grace);
         logger.info('stopped');
+        closeLogs();
       },
       (err: unknown) => {
         logger.error({ err }, 'shutdown failed');
         process.exitCode = 1;
+        closeLogs();
       },
     );
   };

@@ -6,14 +6,19 @@ import { Broker } from './broker/broker.js';
 import { createCommandHandler } from './handlers/commands.js';
 import { createReplyHandler } from './handlers/replies.js';
 import { createJobsRouter } from './http/jobs-routes.js';
+import { createInspector } from './http/debug-routes.js';
+import { SchedulerMetrics } from './http/metrics.js';
 import { closeServer, createApp, listen, type Readiness, type Services } from './http/app.js';
 import { SchedulerEventBus } from './events.js';
 import { JobRuntime } from './runtime/job-runtime.js';
 import { JobService } from './runtime/job-service.js';
-import { PeriodicScheduler } from './scheduler/periodic.js';
+import { createSchedulesRouter } from './http/schedules-routes.js';
+import { ScheduleService } from './scheduler/schedule-service.js';
 import { openDatabase, type Database } from './store/database.js';
 import { GroupCommit } from './store/group-commit.js';
 import { commitChanges, findByIdOrKey } from './store/sql.js';
+import { cachedJobCounts, countJobs } from './store/inspector-sql.js';
+import { HistoryRetention } from './store/retention.js';
 
 export interface RunningService {
   /** What the service reports as it works; filled in as start-up goes. */
@@ -28,6 +33,8 @@ export interface RunningService {
 }
 
 const CONNECT_RETRY_MAX_MS = 10_000;
+/** Counting every row of `jobs` at most this often serves the inspector page and scrapes. */
+const STORED_COUNTS_TTL_MS = 15_000;
 
 /**
  * Starts the service in the order of DESIGN.md: HTTP (live, not ready), the
@@ -43,6 +50,27 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
   };
   const bus = new SchedulerEventBus();
   const services: Services = { bus };
+  let retention: HistoryRetention | undefined;
+  const storedCounts = cachedJobCounts(async () => {
+    const db = services.database;
+    return db ? countJobs(db.pool, db.schema) : [];
+  }, STORED_COUNTS_TTL_MS);
+  const inspector = createInspector({
+    services,
+    bus,
+    logger,
+    maxBufferedEvents: config.inspector.sseMaxBufferedEvents,
+    heartbeatMs: config.inspector.sseHeartbeatMs,
+    storedCounts,
+    serviceWakeUps: () => [{ name: 'history clean-up', at: retention?.nextRunAt ?? null }],
+  });
+  const metrics = new SchedulerMetrics({
+    bus,
+    services,
+    storedCounts,
+    streams: () => inspector.streams.size,
+    logger,
+  });
   const app = createApp({
     appName: config.appName,
     version: config.version,
@@ -51,6 +79,8 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
     readiness,
     services,
     routers: [
+      inspector.router,
+      metrics.router,
       createJobsRouter(services, {
         limits: {
           maxDelaySeconds: config.jobs.maxDelaySeconds,
@@ -58,6 +88,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
         },
         maxBytes: config.rabbitmq.maxMessageBytes,
       }),
+      createSchedulesRouter(services),
     ],
   });
   const server = await listen(app, config.http.host, config.http.port);
@@ -67,7 +98,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
   let broker: Broker | undefined;
   let writer: GroupCommit | undefined;
   let runtime: JobRuntime | undefined;
-  let periodic: PeriodicScheduler | undefined;
+  let periodic: ScheduleService | undefined;
   let abort: () => void = () => {};
   const aborted = new Promise<never>((_, reject) => {
     abort = () => reject(new Error('start-up cancelled by shutdown'));
@@ -140,14 +171,23 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       }),
     );
 
-    periodic = new PeriodicScheduler({
-      schedules: config.schedules.definitions,
-      service: jobs,
-      misfireGraceMs: config.schedules.misfireGraceSeconds * 1000,
+    periodic = new ScheduleService({
+      definitions: config.schedules.definitions,
+      jobs,
+      pool: db.pool,
+      schema: db.schema,
       logger,
     });
     await periodic.start();
-    Object.assign(services, { jobs, runtime, database: db });
+    Object.assign(services, { jobs, runtime, database: db, schedules: periodic });
+    retention = new HistoryRetention({
+      pool: db.pool,
+      schema: db.schema,
+      logger,
+      ...config.retention,
+      onDeleted: (deleted) => metrics.retentionDeleted(deleted.jobs, deleted.transitions),
+    });
+    retention.start();
     readiness.started = true;
     logger.info('ready');
   })();
@@ -169,15 +209,36 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
         }
       };
       await step('schedules', () => periodic?.stop());
+      await step('retention', () => retention?.stop());
       await step('consumers', () => broker?.stopConsuming());
       await step('actors', () => runtime?.stop());
-      await step('commit', () => writer?.drain());
+      // With the database down, what is still queued cannot commit; give up on
+      // it in time to close the rest (it is recovered from the last durable
+      // state at the next start) rather than overrun the grace period.
+      await step('commit', () => commitWithin(writer, config.shutdownGraceMs / 2));
       await step('broker', () => broker?.close());
       await step('database', () => database?.close());
+      // Open inspector streams would keep the server from closing.
+      await step('inspector streams', () => inspector.streams.close());
+      await step('metrics', () => metrics.stop());
       await step('http', () => closeServer(server));
     })();
     return stopping;
   };
 
   return { server, readiness, started, stop, services };
+}
+
+/** Drains the group commit for at most `ms`, then drops what is left. */
+async function commitWithin(writer: GroupCommit | undefined, ms: number): Promise<void> {
+  if (!writer) return;
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((resolve) => {
+    timer = setTimeout(() => resolve('late'), ms);
+  });
+  const outcome = await Promise.race([writer.drain().then(() => 'done' as const), late]);
+  clearTimeout(timer);
+  if (outcome === 'late') {
+    writer.abandon(new Error('shutdown: the database did not take the last changes in time'));
+  }
 }

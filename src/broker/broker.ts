@@ -11,6 +11,7 @@ import {
   type QueuePlan,
 } from '../../config/topology.js';
 import { InvalidMessageError } from './messages.js';
+import { isTransient } from '../errors.js';
 import type { SchedulerEventBus } from '../events.js';
 
 const { BrokerAsPromised } = rascal;
@@ -64,9 +65,9 @@ interface PublicationEvents {
   abort(): void;
 }
 
-/** Hides credentials in a URL before it is logged. */
+/** Hides the password of every URL in a text (a message may quote more than one). */
 export function redactUrl(url: string): string {
-  return url.replace(/\/\/([^:@/]+):([^@/]*)@/, '//$1:***@');
+  return url.replace(/\/\/([^\s:@/]+):([^\s@/]*)@/g, '//$1:***@');
 }
 
 /**
@@ -115,7 +116,7 @@ async function planQueues(config: Config['rabbitmq'], logger: Logger): Promise<Q
 export class Broker {
   private connected = true;
   private readonly sessions: Session[] = [];
-  private readonly deferred = new Set<NodeJS.Timeout>();
+  private readonly deferred = new Map<NodeJS.Timeout, () => void>();
   private readonly inflight = new Set<Promise<void>>();
   /** Publishes waiting for one of the `publishChannels` confirm channels. */
   private readonly waiting: (() => void)[] = [];
@@ -129,7 +130,9 @@ export class Broker {
     private readonly events?: SchedulerEventBus,
   ) {
     rascalBroker.on('error', (err: Error) => {
-      logger.error({ err: new Error(redactUrl(err.message)) }, 'broker error');
+      // Logged whole, with its stack, code and cause: the service's logger
+      // hides the password of any URL in the line (createScrubber, src/logger.ts).
+      logger.error({ err }, 'broker error');
     });
     rascalBroker.on('disconnect', () => {
       if (this.connected) {
@@ -331,7 +334,10 @@ export class Broker {
     incoming: IncomingMessage,
     err: Error,
   ): Promise<void> {
-    const tries = incoming.tries + 1;
+    // An outage (database down, shutting down) says nothing about the message:
+    // it goes back without counting, or an outage of seconds would dead-letter
+    // every reply that arrived meanwhile.
+    const tries = isTransient(err) ? incoming.tries : incoming.tries + 1;
     if (tries >= this.config.maxTries) {
       this.logger.error(
         { err, routingKey: incoming.routingKey, tries },
@@ -341,7 +347,7 @@ export class Broker {
       return;
     }
     this.logger.warn({ err, routingKey: incoming.routingKey, tries }, 'handling failed; retrying');
-    await this.pause(Math.min(200 * 2 ** tries, 5000));
+    await this.pause(Math.min(200 * 2 ** Math.max(tries, 1), 5000));
     await this.publish(PUBLICATIONS.requeue, content, queue, {
       ...message.properties,
       headers: {
@@ -363,13 +369,14 @@ export class Broker {
     } as PublishProperties);
   }
 
+  /** Waits `ms`, or less when the broker closes meanwhile. */
   private pause(ms: number): Promise<void> {
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
         this.deferred.delete(timer);
         resolve();
       }, ms);
-      this.deferred.add(timer);
+      this.deferred.set(timer, resolve);
     });
   }
 
@@ -381,7 +388,10 @@ export class Broker {
 
   async close(): Promise<void> {
     this.closing = true;
-    for (const timer of this.deferred) clearTimeout(timer);
+    for (const [timer, resolve] of this.deferred) {
+      clearTimeout(timer);
+      resolve();
+    }
     this.deferred.clear();
     await this.stopConsuming();
     // A channel closed under a publish still waiting for its confirm fails it;

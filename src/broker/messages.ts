@@ -24,6 +24,30 @@ export function parseInstant(text: string): number {
   return Date.parse(truncated);
 }
 
+/**
+ * True when the fields name a real calendar date and time: Date.parse would
+ * move 2026-02-30 to March and 24:00 to the next day instead of refusing them.
+ */
+function realDate(text: string): boolean {
+  const [, y, mo, d, h, mi, se, oh, om] =
+    /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:Z|[+-](\d{2}):(\d{2}))$/i
+      .exec(text)
+      ?.map((field) => Number(field ?? 0)) ?? [];
+  if (y === undefined || mo === undefined || d === undefined) return false;
+  const daysInMonth = new Date(Date.UTC(y, mo, 0)).getUTCDate();
+  return (
+    mo >= 1 &&
+    mo <= 12 &&
+    d >= 1 &&
+    d <= daysInMonth &&
+    (h ?? 0) <= 23 &&
+    (mi ?? 0) <= 59 &&
+    (se ?? 0) <= 59 &&
+    (oh ?? 0) <= 23 &&
+    (om ?? 0) <= 59
+  );
+}
+
 /** An RFC 3339 instant with its offset, as epoch ms. */
 export const instant = z
   .string()
@@ -33,7 +57,7 @@ export const instant = z
   )
   .transform((text, ctx) => {
     const ms = parseInstant(text);
-    if (Number.isNaN(ms)) {
+    if (Number.isNaN(ms) || !realDate(text)) {
       ctx.addIssue({ code: 'custom', message: 'not a valid date and time' });
       return z.NEVER;
     }
@@ -85,10 +109,34 @@ export function parseJson(content: Buffer, maxBytes: number): unknown {
   if (content.length > maxBytes) {
     throw new InvalidMessageError(`body is ${content.length} bytes, over the limit of ${maxBytes}`);
   }
+  let body: unknown;
   try {
-    return JSON.parse(content.toString('utf8'));
+    body = JSON.parse(content.toString('utf8'));
   } catch (err) {
     throw new InvalidMessageError(`body is not valid JSON: ${(err as Error).message}`);
+  }
+  checkStorable(body);
+  return body;
+}
+
+/** True when a string anywhere in `value` (keys included) holds a NUL character. */
+function holdsNul(value: unknown): boolean {
+  if (typeof value === 'string') return value.includes('\0');
+  if (Array.isArray(value)) return value.some(holdsNul);
+  if (typeof value === 'object' && value !== null) {
+    return Object.entries(value).some(([k, v]) => k.includes('\0') || holdsNul(v));
+  }
+  return false;
+}
+
+/**
+ * Refuses a body with a NUL character (`\u0000`) in any string: valid JSON,
+ * but PostgreSQL stores it neither in text nor in jsonb, and one such row would
+ * fail the write of every job sharing its statement.
+ */
+export function checkStorable(body: unknown): void {
+  if (holdsNul(body)) {
+    throw new InvalidMessageError('body holds a NUL character (\\u0000), which cannot be stored');
   }
 }
 

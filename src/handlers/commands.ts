@@ -147,7 +147,18 @@ export function createCommandHandler(
         'command refused',
       );
     }
-    if (message.replyTo) await options.reply(message.replyTo, message.correlationId, answer);
+    if (message.replyTo) {
+      try {
+        await options.reply(message.replyTo, message.correlationId, answer);
+      } catch (err) {
+        // The change is committed: running the command again to answer it
+        // could create a second job. The requester times out instead.
+        options.logger.error(
+          { err, command: message.routingKey, reply_to: message.replyTo },
+          'could not send the answer to a command',
+        );
+      }
+    }
     if (invalid) throw invalid;
   };
 }

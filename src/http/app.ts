@@ -1,11 +1,12 @@
 import http from 'node:http';
-import { timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import Koa, { type Context, type Next } from 'koa';
 import Router from '@koa/router';
 import type { Logger } from 'pino';
 import type { SchedulerEventBus } from '../events.js';
 import type { JobRuntime } from '../runtime/job-runtime.js';
 import type { JobService } from '../runtime/job-service.js';
+import type { ScheduleService } from '../scheduler/schedule-service.js';
 import type { Database } from '../store/database.js';
 
 /** An error the HTTP edge answers with its status and the error body of PROTOCOL.md. */
@@ -47,43 +48,54 @@ export interface Services {
   jobs?: JobService;
   runtime?: JobRuntime;
   database?: Database;
+  schedules?: ScheduleService;
 }
 
 function isLoopback(address: string | undefined): boolean {
-  return (
-    address === '127.0.0.1' ||
-    address === '::1' ||
-    address === '::ffff:127.0.0.1' ||
-    (address?.startsWith('127.') ?? false)
-  );
+  if (!address) return false;
+  const v4 = address.startsWith('::ffff:') ? address.slice(7) : address;
+  return v4.startsWith('127.') || address === '::1';
 }
 
+/** Compares digests, so neither the content nor the length of the token leaks through timing. */
 function sameSecret(given: string, expected: string): boolean {
-  const a = Buffer.from(given);
-  const b = Buffer.from(expected);
-  return a.length === b.length && timingSafeEqual(a, b);
+  const digest = (text: string) => createHash('sha256').update(text).digest();
+  return timingSafeEqual(digest(given), digest(expected));
 }
+
+const BEARER = /^bearer[ \t]+(\S+)[ \t]*$/i;
+
+/** Routes a browser opens itself (the inspector page, its event stream). */
+const takesQueryToken = (path: string) => path === '/debug' || path.startsWith('/debug/');
 
 /**
- * The token rule: with SCHEDULER_API_TOKEN set, a bearer token (or, on
- * /debug, a `token` query parameter) must match; without it, only loopback
- * clients are answered.
+ * The token rule of PROTOCOL.md: with SCHEDULER_API_TOKEN set, an
+ * `Authorization: Bearer` token must match, or, on /debug routes only (a
+ * browser cannot set the header on a page load or an EventSource), the
+ * `token` query parameter; without it, only loopback clients are answered.
+ * A refusal is logged with the method, the path without its query string,
+ * the client and which rule failed, never with what was presented.
  */
 export function authorize(options: Pick<AppOptions, 'apiToken' | 'logger'>) {
   return async (ctx: Context, next: Next) => {
     const token = options.apiToken;
-    let allowed: boolean;
+    const ip = ctx.request.ip || ctx.req.socket.remoteAddress;
+    let refused: string | undefined;
     if (token) {
-      const header = ctx.get('authorization');
-      const bearer = header.startsWith('Bearer ') ? header.slice(7) : undefined;
-      const query = ctx.path.startsWith('/debug') ? ctx.query['token'] : undefined;
-      const given = bearer ?? (typeof query === 'string' ? query : undefined);
-      allowed = given !== undefined && sameSecret(given, token);
-    } else {
-      allowed = isLoopback(ctx.request.ip || ctx.req.socket.remoteAddress);
+      const bearer = BEARER.exec(ctx.get('authorization'))?.[1];
+      const query = takesQueryToken(ctx.path) ? ctx.query['token'] : undefined;
+      const given = [bearer, typeof query === 'string' ? query : undefined].filter(
+        (value) => value !== undefined,
+      );
+      if (given.length === 0) refused = 'no token';
+      else if (!given.some((value) => sameSecret(value, token))) refused = 'wrong token';
+    } else if (!isLoopback(ip)) {
+      refused = 'not a loopback client and SCHEDULER_API_TOKEN is not set';
     }
-    if (!allowed) {
-      options.logger.warn({ method: ctx.method, path: ctx.path, ip: ctx.request.ip }, 'unauthorized');
+    if (refused) {
+      const { method, path } = ctx;
+      options.logger.warn({ method, path, ip, reason: refused }, 'unauthorized');
+      if (token) ctx.set('WWW-Authenticate', 'Bearer');
       throw new HttpError(
         401,
         'unauthorized',

@@ -1,4 +1,5 @@
 import Router from '@koa/router';
+import { Cursor } from '@mikro-orm/core';
 import type { Context } from 'koa';
 import getRawBody from 'raw-body';
 import { z } from 'zod';
@@ -6,6 +7,7 @@ import { JOB_TYPE_NAMES } from '../../config/job-types.js';
 import { JOB_STATES } from '../../machines/job.machine.js';
 import {
   check,
+  checkStorable,
   createScheduleSchema,
   instant,
   InvalidMessageError,
@@ -17,15 +19,17 @@ import { HttpError, requireService, type Services } from './app.js';
 
 const uuid = z.uuid();
 
-const rescheduleBody = z
-  .object({
-    scheduled_for: instant.optional(),
-    delay_seconds: z.number().min(0).optional(),
-  })
-  .refine((b) => (b.scheduled_for === undefined) !== (b.delay_seconds === undefined), {
-    message: 'give exactly one of scheduled_for and delay_seconds',
-    path: ['scheduled_for'],
-  });
+function createRescheduleBody(limits: CommandLimits) {
+  return z
+    .object({
+      scheduled_for: instant.optional(),
+      delay_seconds: z.number().min(0).max(limits.maxDelaySeconds).optional(),
+    })
+    .refine((b) => (b.scheduled_for === undefined) !== (b.delay_seconds === undefined), {
+      message: 'give exactly one of scheduled_for and delay_seconds',
+      path: ['scheduled_for'],
+    });
+}
 
 const retryBody = z.object({
   max_attempts: z.number().int().min(1).max(1000).optional(),
@@ -52,11 +56,18 @@ async function readJson(ctx: Context, maxBytes: number): Promise<unknown> {
     throw err;
   }
   if (text.trim() === '') return {};
+  let body: unknown;
   try {
-    return JSON.parse(text);
+    body = JSON.parse(text);
   } catch (err) {
     throw new HttpError(400, 'invalid_json', `body is not valid JSON: ${(err as Error).message}`);
   }
+  try {
+    checkStorable(body);
+  } catch (err) {
+    throw asHttpError(err);
+  }
+  return body;
 }
 
 function checked<T>(schema: z.ZodType<T>, body: unknown): T {
@@ -82,6 +93,16 @@ function asHttpError(err: unknown): unknown {
   return err;
 }
 
+/** A cursor this service gave: the (scheduled_for, job_id) of a page's last job. */
+function validCursor(cursor: string): boolean {
+  try {
+    const [at, id] = Cursor.decode(cursor);
+    return typeof id === 'string' && uuid.safeParse(id).success && !Number.isNaN(Date.parse(String(at)));
+  } catch {
+    return false;
+  }
+}
+
 function jobId(ctx: Context): string {
   const id = (ctx.params as Record<string, string>)['id'] ?? '';
   if (!uuid.safeParse(id).success) {
@@ -100,6 +121,7 @@ export function createJobsRouter(
 ): Router {
   const router = new Router();
   const schedule = createScheduleSchema(options.limits);
+  const rescheduleBody = createRescheduleBody(options.limits);
   const now = options.now ?? Date.now;
   const jobs = (): JobService => requireService(services.jobs);
   const run = async <T>(work: () => Promise<T>): Promise<T> => {
@@ -119,22 +141,18 @@ export function createJobsRouter(
 
   router.get('/jobs', async (ctx) => {
     const query = checked(listQuery, ctx.query);
-    const page = await run(async () => {
-      try {
-        return await jobs().list({
-          limit: query.limit,
-          ...(query.state && { state: query.state }),
-          ...(query.job_type && { jobType: query.job_type }),
-          ...(query.subject && { subject: query.subject }),
-          ...(query.cursor && { cursor: query.cursor }),
-        });
-      } catch (err) {
-        if (query.cursor && !(err instanceof HttpError)) {
-          throw new HttpError(400, 'invalid_cursor', 'cursor is not one this service gave', 'cursor');
-        }
-        throw err;
-      }
-    });
+    if (query.cursor && !validCursor(query.cursor)) {
+      throw new HttpError(400, 'invalid_cursor', 'cursor is not one this service gave', 'cursor');
+    }
+    const page = await run(() =>
+      jobs().list({
+        limit: query.limit,
+        ...(query.state && { state: query.state }),
+        ...(query.job_type && { jobType: query.job_type }),
+        ...(query.subject && { subject: query.subject }),
+        ...(query.cursor && { cursor: query.cursor }),
+      }),
+    );
     ctx.body = { jobs: page.jobs, next_cursor: page.nextCursor };
   });
 

@@ -9,6 +9,7 @@ import {
 import type { Logger } from 'pino';
 import {
   isFinal,
+  JOB_MACHINE_VERSION,
   jobMachine,
   nextWakeAt,
   type JobContext,
@@ -22,8 +23,10 @@ import { migrateSnapshot } from '../../machines/snapshot-migrations.js';
 import { timerAt } from '../time/timer.js';
 import { GroupCommit, VersionConflictError, type VersionRef } from '../store/group-commit.js';
 import {
+  clearUnrestorable,
+  findDispatched,
   findJob,
-  findWaiting,
+  findWaking,
   insertJob,
   markUnrestorable,
   type JobRow,
@@ -32,6 +35,7 @@ import {
 import type pg from 'pg';
 import { columnsOf, executeBody, executeRoutingKey, messageId } from './job-columns.js';
 import type { SchedulerEventBus } from '../events.js';
+import { TransientError } from '../errors.js';
 
 type LiveActor = Actor<typeof jobMachine>;
 type TimerEvent = Extract<JobEvent, { type: 'due' | 'deadline.passed' | 'backoff.elapsed' }>;
@@ -94,6 +98,7 @@ export class JobRuntime {
   private readonly random: () => number;
   private loadedUntil: number | null = null;
   private horizonTimer: NodeJS.Timeout | undefined;
+  private loading: Promise<unknown> | undefined;
   private stopping = false;
 
   constructor(private readonly options: RuntimeOptions) {
@@ -121,6 +126,11 @@ export class JobRuntime {
     return [...this.live.values()].map((job) => job.actor.getSnapshot());
   }
 
+  /** The live actor's snapshot of one job; undefined when it has no actor here. */
+  liveSnapshot(jobId: string): JobSnapshot | undefined {
+    return this.live.get(jobId)?.actor.getSnapshot();
+  }
+
   /** The end of the horizon: jobs waking up before it live as actors. */
   horizonEnd(): number {
     return this.now() + this.options.horizonMs;
@@ -128,13 +138,16 @@ export class JobRuntime {
 
   /** Restores every waiting job within the horizon, then keeps the horizon moving. */
   async start(): Promise<number> {
-    const restored = await this.loadHorizon();
+    // A job marked unrestorable by an earlier release may restore now.
+    await clearUnrestorable(this.options.pool, this.options.schema);
+    const restored = (await this.loadDispatched()) + (await this.loadHorizon());
     const every = Math.max(1000, Math.min(this.options.horizonMs / 4, 60_000));
     const tick = () => {
       this.horizonTimer = setTimeout(() => {
-        this.loadHorizon()
+        this.loading = this.loadHorizon()
           .catch((err: unknown) => this.options.logger.error({ err }, 'horizon load failed'))
           .finally(() => {
+            this.loading = undefined;
             if (!this.stopping) tick();
           });
       }, every);
@@ -143,22 +156,45 @@ export class JobRuntime {
     return restored;
   }
 
-  /** Activates the jobs whose instant the horizon has reached since the last load. */
-  private async loadHorizon(): Promise<number> {
-    const until = this.horizonEnd();
-    let after = this.loadedUntil;
+  /** Restores the jobs whose attempt was recorded but not confirmed: they publish again. */
+  private async loadDispatched(): Promise<number> {
     let count = 0;
+    let after: string | null = null;
     for (;;) {
-      const rows = await findWaiting(this.options.pool, this.options.schema, after, until, LOAD_PAGE);
-      for (const row of rows) {
-        if (this.live.has(row.id) || this.activating.has(row.id)) continue;
-        if ((await this.adopt(row)) !== null) count += 1;
-      }
-      const lastAt = rows.at(-1)?.next_at;
-      if (rows.length < LOAD_PAGE || !lastAt) break;
-      after = lastAt.getTime() - 1;
+      const rows = await findDispatched(this.options.pool, this.options.schema, after, LOAD_PAGE);
+      count += await this.adoptAll(rows);
+      if (rows.length < LOAD_PAGE) return count;
+      after = rows.at(-1)?.id ?? null;
     }
-    this.loadedUntil = until;
+  }
+
+  /**
+   * Activates the jobs whose instant the horizon has reached since the last
+   * load, a page at a time in (`next_at`, `id`) order; the window moves on only
+   * once the whole of it was read.
+   */
+  private async loadHorizon(): Promise<number> {
+    const window = { after: this.loadedUntil, until: this.horizonEnd() };
+    let count = 0;
+    let from: { at: string; id: string } | null = null;
+    for (;;) {
+      const rows = await findWaking(this.options.pool, this.options.schema, window, from, LOAD_PAGE);
+      count += await this.adoptAll(rows);
+      const last = rows.at(-1);
+      if (rows.length < LOAD_PAGE || !last?.next_at) break;
+      from = { at: last.next_at, id: last.id };
+    }
+    this.loadedUntil = window.until;
+    return count;
+  }
+
+  private async adoptAll(rows: JobRow[]): Promise<number> {
+    let count = 0;
+    for (const row of rows) {
+      if (this.stopping) break;
+      if (this.live.has(row.id) || this.activating.has(row.id)) continue;
+      if ((await this.adopt(row)) !== null) count += 1;
+    }
     return count;
   }
 
@@ -177,7 +213,19 @@ export class JobRuntime {
       event: extra.event,
       at: this.now(),
     });
-    if (row && input.scheduledFor <= this.horizonEnd() && !this.stopping) {
+    if (!row) return null;
+    this.options.events?.emit('transition', {
+      id: String(row.transition_id),
+      jobId: row.id,
+      jobType: row.job_type,
+      from: null,
+      to: row.state,
+      event: extra.event,
+      attempt: row.attempt,
+      at: Date.parse(row.created_at),
+      detail: null,
+    });
+    if (snapshot.context.dueAt <= this.horizonEnd() && !this.stopping) {
       this.spawn(row.id, row.job_type, { version: row.version }, { input });
     }
     return row;
@@ -187,6 +235,7 @@ export class JobRuntime {
   async send(jobId: string, event: JobEvent): Promise<Outcome> {
     const job = this.live.get(jobId) ?? (await this.activate(jobId));
     if (!job) {
+      if (this.stopping) throw new TransientError('shutting down; the message goes back to its queue');
       const row = await findJob(this.options.pool, this.options.schema, jobId);
       if (!row) return { kind: 'unknown' };
       return { kind: 'ignored', state: row.state as JobState, reason: this.whyNotLive(row) };
@@ -273,6 +322,15 @@ export class JobRuntime {
   /** Restores a persisted job as a live actor; a snapshot that cannot be restored marks that job. */
   private async adopt(row: JobRow): Promise<LiveJob | null> {
     if (this.stopping) return null;
+    if (row.machine_version > JOB_MACHINE_VERSION) {
+      // Made by a newer release (a rolling deploy or a rollback): leave it to
+      // that release rather than marking it for good.
+      this.options.logger.warn(
+        { job_id: row.id, machine_version: row.machine_version },
+        'job was written by a newer job machine; left for that release',
+      );
+      return null;
+    }
     try {
       const snapshot = migrateSnapshot(row.snapshot, row.machine_version);
       const job = this.spawn(row.id, row.job_type, { version: row.version }, { snapshot });
@@ -295,6 +353,9 @@ export class JobRuntime {
     ref: VersionRef,
     from: { input: JobInput } | { snapshot: unknown },
   ): LiveJob {
+    // One actor per job: a second would run the job twice.
+    const existing = this.live.get(id);
+    if (existing) return existing;
     let job: LiveJob | undefined;
     const actor = createActor(this.machine, {
       ...from,
@@ -336,6 +397,18 @@ export class JobRuntime {
 
   private onSnapshot(job: LiveJob, snapshot: JobSnapshot, event: JobEvent): void {
     if (job.stopped || snapshot === job.last) return;
+    try {
+      this.record(job, snapshot, event);
+    } catch (err) {
+      // A change that cannot be recorded must not leave the actor ahead of the
+      // database: drop the actor and take the job again from its row.
+      this.log(job).error({ err, event: event.type }, 'cannot record a job change; reloading');
+      this.forget(job);
+      void this.activate(job.id).catch(() => {});
+    }
+  }
+
+  private record(job: LiveJob, snapshot: JobSnapshot, event: JobEvent): void {
     const from = job.last.value as JobState;
     const to = snapshot.value as JobState;
     if (to === 'dispatched') job.dueAt = nextWakeAt(from, job.last.context) ?? undefined;
@@ -392,8 +465,12 @@ export class JobRuntime {
   }
 
   private onWriteFailed(job: LiveJob, err: unknown): void {
-    if (!(err instanceof VersionConflictError)) return; // shutdown abandoned it
-    this.log(job).warn('job changed elsewhere; reloading it from the database');
+    if (this.stopping) return; // shutdown abandoned it
+    if (err instanceof VersionConflictError) {
+      this.log(job).warn('job changed elsewhere; reloading it from the database');
+    } else {
+      this.log(job).error({ err }, 'job change not written; reloading it from the database');
+    }
     this.forget(job);
     void this.activate(job.id).catch((e: unknown) =>
       this.log(job).error({ err: e }, 'reloading job failed'),
@@ -408,6 +485,12 @@ export class JobRuntime {
   private publishAttempt(job: LiveJob): void {
     const snapshot = job.actor.getSnapshot();
     const context = snapshot.context;
+    const now = this.now();
+    if (context.expiresAt !== null && now > context.expiresAt) {
+      // Restored after downtime across the cutoff: too late to send.
+      job.actor.send({ type: 'expire', at: now });
+      return;
+    }
     const attempt = context.attempt;
     const sentAt = this.now();
     const body = Buffer.from(JSON.stringify(executeBody(context, sentAt)));
@@ -463,7 +546,7 @@ export class JobRuntime {
   async stop(): Promise<void> {
     this.stopping = true;
     clearTimeout(this.horizonTimer);
-    await Promise.allSettled([...this.activating.values()]);
+    await Promise.allSettled([this.loading, ...this.activating.values()]);
     for (const job of [...this.live.values()]) this.forget(job);
   }
 }

@@ -217,7 +217,13 @@ export class JobService {
       }
       const expiresAt = options.expiresAt === undefined ? context.expiresAt : options.expiresAt;
       if (expiresAt !== null && expiresAt <= now) {
-        throw new InvalidMessageError('expires_at: is in the past', 'expires_at');
+        if (options.expiresAt !== undefined) {
+          throw new InvalidMessageError('expires_at: is in the past', 'expires_at');
+        }
+        throw new RequestRefused(
+          'invalid_state',
+          `job ${jobId}'s cutoff has passed; give a new expires_at (or null for none) to retry it`,
+        );
       }
       const defaults = categoryDefaults(this.config, context.jobType as JobType);
       return {

@@ -1,9 +1,5 @@
-import type { Subscription } from 'rxjs';
-import type { Logger } from 'pino';
 import { v5 as uuidv5 } from 'uuid';
-import type { ScheduleDefinition } from '../../config/schedules.js';
-import { timerAt } from '../time/timer.js';
-import type { JobService } from '../runtime/job-service.js';
+import type { FireTimes } from './fire-times.js';
 
 /** Namespace of tick job ids: one id per schedule and tick instant. */
 const TICK_NAMESPACE = 'b4b0a3c2-6a51-4c55-8f0e-2f7f5f0e9d61';
@@ -17,74 +13,38 @@ export function tickJobId(schedule: string, tick: number): string {
   return uuidv5(`${schedule}@${new Date(tick).toISOString()}`, TICK_NAMESPACE);
 }
 
-/** The latest tick at or before `now`. */
-export function lastTick(everyMs: number, now: number): number {
-  return Math.floor(now / everyMs) * everyMs;
+/** What a due tick comes to. */
+export interface TickDecision {
+  /** The tick instant that runs now, or null when none does. */
+  fireAt: number | null;
+  /** Ticks that passed without a run: too late, or superseded by a later one. */
+  missed: number;
+  /** Ticks not run because the previous run was still in flight. */
+  skipped: number;
+  /** The next tick to wait for, strictly after `now` (null when the timing has none). */
+  next: number | null;
 }
 
 /**
- * Turns periodic schedules into jobs. On start, a tick missed while the
- * service was down runs late if it is within the misfire grace (only the
- * latest: never a burst); then each tick creates its job as it comes.
+ * Decides a due tick. All ticks from `due` up to `now` give at most one run:
+ * the latest of them, if it is at most `graceMs` late and no previous run is
+ * in flight (unless overlap is allowed); every other one is counted, as
+ * missed or skipped. Never a burst, and the next tick is always after `now`.
  */
-export class PeriodicScheduler {
-  private readonly waits = new Map<string, Subscription>();
-
-  constructor(
-    private readonly options: {
-      schedules: ScheduleDefinition[];
-      service: JobService;
-      misfireGraceMs: number;
-      logger: Logger;
-      now?: () => number;
-    },
-  ) {}
-
-  private get now(): number {
-    return (this.options.now ?? Date.now)();
+export function decideTick(input: {
+  times: FireTimes;
+  due: number;
+  now: number;
+  graceMs: number;
+  inFlight: boolean;
+  allowOverlap: boolean;
+}): TickDecision {
+  const { times, due, now } = input;
+  const { latest, count } = times.latestUpTo(due, now);
+  const next = times.next(Math.max(latest, now));
+  if (now - latest > input.graceMs) return { fireAt: null, missed: count, skipped: 0, next };
+  if (input.inFlight && !input.allowOverlap) {
+    return { fireAt: null, missed: count - 1, skipped: 1, next };
   }
-
-  async start(): Promise<void> {
-    for (const schedule of this.options.schedules) {
-      const missed = lastTick(schedule.everyMs, this.now);
-      if (this.now - missed <= this.options.misfireGraceMs) await this.fire(schedule, missed);
-      this.waitForNext(schedule, missed + schedule.everyMs);
-    }
-  }
-
-  private waitForNext(schedule: ScheduleDefinition, tick: number): void {
-    const wait = timerAt(tick, this.options.now ? { now: this.options.now } : {}).subscribe(() => {
-      void this.fire(schedule, tick).finally(() => {
-        if (this.waits.get(schedule.name) === wait) this.waitForNext(schedule, tick + schedule.everyMs);
-      });
-    });
-    this.waits.set(schedule.name, wait);
-  }
-
-  private async fire(schedule: ScheduleDefinition, tick: number): Promise<void> {
-    try {
-      const result = await this.options.service.schedule(
-        {
-          jobType: schedule.jobType,
-          timing: { kind: 'at', at: tick },
-          metadata: {},
-          jobId: tickJobId(schedule.name, tick),
-        },
-        'schedule.tick',
-      );
-      if (!result.duplicate) {
-        this.options.logger.info(
-          { schedule: schedule.name, tick: new Date(tick).toISOString(), job_id: result.jobId },
-          'schedule ticked',
-        );
-      }
-    } catch (err) {
-      this.options.logger.error({ err, schedule: schedule.name }, 'schedule tick failed');
-    }
-  }
-
-  stop(): void {
-    for (const wait of this.waits.values()) wait.unsubscribe();
-    this.waits.clear();
-  }
+  return { fireAt: latest, missed: count - 1, skipped: 0, next };
 }

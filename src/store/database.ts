@@ -5,9 +5,15 @@ import type { Logger } from 'pino';
 import type { Config } from '../../config/env.js';
 import { JobEntity, JobTransitionEntity } from './entities.js';
 import { Migration0001Jobs } from './migrations/0001-jobs.js';
+import { Migration0003FinishedIndex } from './migrations/0003-finished-index.js';
+import { Migration0002Schedules } from './migrations/0002-schedules.js';
 
 /** Append-only: a released migration is never edited, the next change is a new entry. */
-export const MIGRATIONS = [{ name: '0001-jobs', class: Migration0001Jobs }];
+export const MIGRATIONS = [
+  { name: '0001-jobs', class: Migration0001Jobs },
+  { name: '0002-schedules', class: Migration0002Schedules },
+  { name: '0003-finished-index', class: Migration0003FinishedIndex },
+];
 
 export interface Database {
   orm: MikroORM;

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { isDataError } from '../errors.js';
 import type { Committed, JobChange, JobColumns, TransitionRecord } from './sql.js';
 
 /** A change lost a race: the row moved on since this instance read it. */
@@ -55,6 +56,7 @@ export class GroupCommit {
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
   private retryMs = RETRY_FIRST_MS;
+  private abandonedWith: Error | undefined;
   private readonly maxBatch: number;
 
   constructor(private readonly options: GroupCommitOptions) {
@@ -71,6 +73,12 @@ export class GroupCommit {
     return new Promise((resolve, reject) => {
       const waiter: Waiter = { resolve, reject, transitions: transitions.length };
       const existing = this.pending.get(jobId);
+      if (existing && existing.ref !== ref) {
+        // Two owners wrote the same job at once (two actors, or a retry racing
+        // another): only the first may win, as the version check would decide.
+        reject(new VersionConflictError(jobId));
+        return;
+      }
       if (existing) {
         existing.columns = columns;
         existing.transitions.push(...transitions);
@@ -110,6 +118,7 @@ export class GroupCommit {
 
   /** Stops retrying; whatever is still queued is rejected. */
   abandon(reason: Error): void {
+    this.abandonedWith = reason;
     clearTimeout(this.timer);
     this.timer = undefined;
     for (const p of this.pending.values()) for (const w of p.waiters) w.reject(reason);
@@ -117,6 +126,10 @@ export class GroupCommit {
   }
 
   private schedule(delayMs: number): void {
+    if (this.abandonedWith) {
+      this.abandon(this.abandonedWith);
+      return;
+    }
     if (this.timer || this.flushing) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
@@ -156,6 +169,10 @@ export class GroupCommit {
     try {
       written = await this.options.write(changes);
     } catch (err) {
+      if (isDataError(err)) {
+        await this.isolate(batch, err as Error);
+        return;
+      }
       this.requeue(batch);
       this.options.logger.error(
         { err, jobs: batch.size, retryInMs: this.retryMs },
@@ -183,13 +200,30 @@ export class GroupCommit {
     }
   }
 
+  /**
+   * A row the database refuses (a data error) would fail every retry of its
+   * batch and hold up every other job: write the rows one by one, and fail
+   * only the writes of the row at fault.
+   */
+  private async isolate(batch: Map<string, Pending>, err: Error): Promise<void> {
+    if (batch.size === 1) {
+      const [[id, pending]] = [...batch] as [[string, Pending]];
+      this.options.logger.error({ err, job_id: id }, 'the database refused a job change');
+      for (const w of pending.waiters) w.reject(err);
+      return;
+    }
+    for (const entry of batch) await this.commit(new Map([entry]));
+  }
+
   /** Puts a failed batch back in front of anything queued meanwhile for the same jobs. */
   private requeue(batch: Map<string, Pending>): void {
     const later = this.pending;
     this.pending = new Map(batch);
     for (const [id, p] of later) {
       const earlier = this.pending.get(id);
-      if (earlier) {
+      if (earlier && earlier.ref !== p.ref) {
+        for (const w of p.waiters) w.reject(new VersionConflictError(id));
+      } else if (earlier) {
         earlier.columns = p.columns;
         earlier.transitions.push(...p.transitions);
         earlier.waiters.push(...p.waiters);

@@ -9,16 +9,19 @@ import { JOB_MACHINE_VERSION } from '../../machines/job.machine.js';
 
 const WAITING = `('pending', 'dispatched', 'awaiting-ack', 'retrying')`;
 
-/** A row of `jobs` as the pool returns it. */
+/**
+ * A row of `jobs` as the pool returns it. Instants come back as PostgreSQL's
+ * text (MikroORM sets the pool's type parsers so), not as Date.
+ */
 export interface JobRow {
   id: string;
   job_type: string;
   state: string;
   attempt: number;
   max_attempts: number;
-  scheduled_for: Date;
-  next_at: Date | null;
-  expires_at: Date | null;
+  scheduled_for: string;
+  next_at: string | null;
+  expires_at: string | null;
   subject: string | null;
   idempotency_key: string | null;
   metadata: Record<string, unknown>;
@@ -29,9 +32,9 @@ export interface JobRow {
   version: number;
   outbox: Record<string, unknown> | null;
   restore_error: string | null;
-  created_at: Date;
-  updated_at: Date;
-  finished_at: Date | null;
+  created_at: string;
+  updated_at: string;
+  finished_at: string | null;
 }
 
 /** The columns a state change writes, derived from the snapshot. Instants are epoch ms. */
@@ -177,9 +180,13 @@ export interface NewJob {
  * taken: the unique constraints decide, so two creators racing make one row.
  * Returns the new row, or null when it already existed.
  */
-export async function insertJob(pool: pg.Pool, schema: string, job: NewJob): Promise<JobRow | null> {
+export async function insertJob(
+  pool: pg.Pool,
+  schema: string,
+  job: NewJob,
+): Promise<(JobRow & { transition_id: string }) | null> {
   const c = job.columns;
-  const { rows } = await pool.query<JobRow>(
+  const { rows } = await pool.query<JobRow & { transition_id: string }>(
     `with created as (
        insert into "${schema}".jobs
          (id, job_type, state, attempt, max_attempts, scheduled_for, next_at, expires_at,
@@ -191,8 +198,10 @@ export async function insertJob(pool: pg.Pool, schema: string, job: NewJob): Pro
        insert into "${schema}".job_transitions (job_id, from_state, to_state, event, attempt, at)
        select id, null, state, $15, attempt, created_at
        from created
+       returning id
      )
-     select * from created`,
+     select created.*, (select id from logged) as transition_id
+     from created`,
     [
       job.id,
       job.jobType,
@@ -242,15 +251,14 @@ export async function findJob(pool: pg.Pool, schema: string, id: string): Promis
 }
 
 /**
- * Waiting jobs that wake up in (`after`, `until`], or that wait for nothing
- * (dispatched, to be published again), oldest first. Jobs marked unrestorable
- * are left out.
+ * A page of jobs that wake up in (`after`, `until`], in (`next_at`, `id`) order
+ * from `from` on; jobs marked unrestorable are left out.
  */
-export async function findWaiting(
+export async function findWaking(
   pool: pg.Pool,
   schema: string,
-  after: number | null,
-  until: number,
+  window: { after: number | null; until: number },
+  from: { at: string; id: string } | null,
   limit: number,
 ): Promise<JobRow[]> {
   const { rows } = await pool.query<JobRow>(
@@ -258,12 +266,32 @@ export async function findWaiting(
      from "${schema}".jobs
      where state in ${WAITING}
        and restore_error is null
-       and (next_at is null
-            or ((next_at > $1::timestamptz or $1::timestamptz is null)
-                and next_at <= $2::timestamptz))
-     order by next_at nulls first, id
-     limit $3`,
-    [iso(after), iso(until), limit],
+       and next_at <= $2::timestamptz
+       and ($1::timestamptz is null or next_at > $1::timestamptz)
+       and ($3::timestamptz is null or (next_at, id) > ($3::timestamptz, $4::uuid))
+     order by next_at, id
+     limit $5`,
+    [iso(window.after), iso(window.until), from?.at ?? null, from?.id ?? null, limit],
+  );
+  return rows;
+}
+
+/** A page of dispatched jobs (their attempt is to be published again), in id order after `after`. */
+export async function findDispatched(
+  pool: pg.Pool,
+  schema: string,
+  after: string | null,
+  limit: number,
+): Promise<JobRow[]> {
+  const { rows } = await pool.query<JobRow>(
+    `select *
+     from "${schema}".jobs
+     where state = 'dispatched'
+       and restore_error is null
+       and ($1::uuid is null or id > $1::uuid)
+     order by id
+     limit $2`,
+    [after, limit],
   );
   return rows;
 }
@@ -306,4 +334,14 @@ export async function findSubjectJobs(
     [subject, states, anchored],
   );
   return rows.map((r) => ({ id: r.id, offsetSeconds: r.offset_seconds }));
+}
+
+/** Takes the unrestorable mark off waiting jobs, so a start tries them again. */
+export async function clearUnrestorable(pool: pg.Pool, schema: string): Promise<void> {
+  await pool.query(
+    `update "${schema}".jobs
+     set restore_error = null
+     where restore_error is not null
+       and state in ${WAITING}`,
+  );
 }

@@ -145,4 +145,37 @@ describe('group commit', () => {
     await writer.write(id, ref, columns('cancelled', 0), []);
     assert.equal(ref.version, 2);
   });
+
+  it('a row the database refuses fails only its own write; the rest of its batch commits', async () => {
+    const writer = new GroupCommit({
+      windowMs: 20,
+      write: (changes) => commitChanges(db.pool, db.schema, changes),
+      logger: pino({ level: 'silent' }),
+    });
+    const [bad, good] = [await newJob(), await newJob()];
+    const broken = { ...columns('retrying', 1), lastError: 'nul \u0000 byte' };
+    const results = await Promise.allSettled([
+      writer.write(bad, { version: 1 }, broken, []),
+      writer.write(good, { version: 1 }, columns('retrying', 1), []),
+    ]);
+    assert.equal(results[0].status, 'rejected');
+    assert.equal(results[1].status, 'fulfilled');
+    const later = await newJob();
+    await writer.write(later, { version: 1 }, columns('cancelled', 0), []);
+  });
+
+  it('a second owner writing the same job in the same window is refused', async () => {
+    const writer = new GroupCommit({
+      windowMs: 20,
+      write: (changes) => commitChanges(db.pool, db.schema, changes),
+      logger: pino({ level: 'silent' }),
+    });
+    const id = await newJob();
+    const results = await Promise.allSettled([
+      writer.write(id, { version: 1 }, columns('pending', 0), []),
+      writer.write(id, { version: 1 }, columns('cancelled', 0), []),
+    ]);
+    assert.equal(results[0].status, 'fulfilled');
+    assert.ok((results[1] as PromiseRejectedResult).reason instanceof VersionConflictError);
+  });
 });

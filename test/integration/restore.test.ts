@@ -22,22 +22,23 @@ describe('restoring jobs from their snapshots', () => {
     for (const env of envs) await cleanUp(env);
   });
 
-  it('a snapshot from another machine version or naming an unknown state marks that one job; the others run', async () => {
+  it('a snapshot from an older machine version without a migration or naming an unknown state marks that one job; a newer one is left alone; the others run', async () => {
     const env = isolatedEnv();
     envs.push(env);
     const schema = env['SCHEDULER_POSTGRES_SCHEMA'];
     const first = await startTestService(env);
     const backend = await FakeBackend.start(env);
     const ids: string[] = [];
-    for (let i = 0; i < 3; i += 1) {
+    for (let i = 0; i < 4; i += 1) {
       ids.push((await backend.command('jobs.schedule', { job_type: 'file_cleanup', delay_seconds: 2 })).job_id);
     }
     await first.stop();
-    const [otherVersion, unknownState, healthy] = ids as [string, string, string];
+    const [otherVersion, unknownState, healthy, newer] = ids as [string, string, string, string];
 
     const admin = testPool();
     try {
-      await admin.query(`update "${schema}".jobs set machine_version = 99 where id = $1`, [otherVersion]);
+      await admin.query(`update "${schema}".jobs set machine_version = 0 where id = $1`, [otherVersion]);
+      await admin.query(`update "${schema}".jobs set machine_version = 99 where id = $1`, [newer]);
       await admin.query(
         `update "${schema}".jobs set snapshot = jsonb_set(snapshot, '{value}', '"sleeping"') where id = $1`,
         [unknownState],
@@ -51,7 +52,12 @@ describe('restoring jobs from their snapshots', () => {
       await eventually(async () => (await view(second, healthy)).state === 'succeeded', 10_000, 'the healthy job');
       const versioned = await view(second, otherVersion);
       assert.equal(versioned.state, 'pending');
-      assert.match(versioned.last_error, /job machine version 99; this service runs version 1/);
+      assert.match(versioned.last_error, /job machine version 0; this service runs version 1/);
+      const fromNewer = await view(second, newer);
+      assert.equal(fromNewer.state, 'pending');
+      assert.equal(fromNewer.last_error, null, 'not marked: a newer release may take it');
+      assert.equal(backend.executesOf(newer).length, 0);
+      assert.ok(second.logs.find(/written by a newer job machine/).some((l) => l['job_id'] === newer));
       const broken = await view(second, unknownState);
       assert.match(broken.last_error, /unknown state "sleeping"/);
       const { rows } = await second.pool.query(

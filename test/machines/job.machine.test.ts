@@ -190,6 +190,18 @@ describe('job machine: dispatched', () => {
   it('a cancel ends it cancelled', () => {
     assert.equal(run(reach('dispatched'), { type: 'cancel', at: T0 }).value, 'cancelled');
   });
+
+  it('an expire check after the cutoff (restored after downtime) ends it dead, expired, unsent', () => {
+    const expiresAt = input.scheduledFor + 1000;
+    const s = run(reach('dispatched', { expiresAt }), { type: 'expire', at: expiresAt + 1 });
+    assert.equal(s.value, 'dead');
+    assert.equal(s.context.lastError, 'expired');
+  });
+
+  it('an expire check before the cutoff changes nothing', () => {
+    const before = reach('dispatched', { expiresAt: input.scheduledFor + 1000 });
+    assert.equal(run(before, { type: 'expire', at: input.scheduledFor + 1000 }), before);
+  });
 });
 
 describe('job machine: awaiting-ack', () => {

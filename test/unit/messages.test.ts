@@ -24,6 +24,27 @@ describe('message schemas', () => {
     );
   });
 
+  it('refuses a date or time that does not exist instead of moving it', () => {
+    for (const text of ['2026-02-30T00:00:00Z', '2026-04-31T10:00:00Z', '2026-01-01T24:00:00Z',
+      '2026-13-01T00:00:00Z', '2026-01-01T10:60:00+01:00']) {
+      assert.throws(
+        () => check(schedule, { job_type: 'lesson_reminder', scheduled_for: text }),
+        /scheduled_for: not a valid date and time/,
+        text,
+      );
+    }
+    const leap = check(schedule, { job_type: 'lesson_reminder', scheduled_for: '2028-02-29T23:59:59Z' });
+    assert.deepEqual(leap.timing, { kind: 'at', at: Date.parse('2028-02-29T23:59:59Z') });
+  });
+
+  it('refuses a body with a NUL character anywhere, which PostgreSQL cannot store', () => {
+    assert.throws(
+      () => parseJson(Buffer.from('{"error_message":"bad\\u0000byte"}'), 1000),
+      /NUL character/,
+    );
+    assert.doesNotThrow(() => parseJson(Buffer.from('{"text":"a\\\\u0000b"}'), 1000));
+  });
+
   it('takes a completed reply without attempt or result, and ignores unknown fields', () => {
     const reply = parseReply('jobs.completed', {
       event_type: 'jobs.completed',
