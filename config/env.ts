@@ -242,8 +242,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env, packageVersion 
       e[`${prefix}_JOB_EXPIRES_AFTER_SECONDS`] ?? e.DEFAULT_JOB_EXPIRES_AFTER_SECONDS,
   });
 
-  const misfireGraceSeconds =
-    e.MISFIRE_GRACE_SECONDS ?? e.APSCHEDULER_MISFIRE_GRACE_SECONDS ?? 300;
+  const misfireGraceSeconds = e.MISFIRE_GRACE_SECONDS ?? e.APSCHEDULER_MISFIRE_GRACE_SECONDS ?? 300;
   return {
     appName: e.APP_NAME,
     version: e.VERSION ?? packageVersion,

@@ -254,7 +254,9 @@ export const jobMachine = setup({
       deadlineAt: null,
     })),
     markExhausted: assign(({ context, event }) => ({
-      deadReason: context.retryRefused ? ('retry-refused' as const) : ('attempts-exhausted' as const),
+      deadReason: context.retryRefused
+        ? ('retry-refused' as const)
+        : ('attempts-exhausted' as const),
       finishedAt: (event as { at: number }).at,
       retryAt: null,
     })),

@@ -84,7 +84,10 @@ function rssMb(child: ChildProcess): { rss: number; peak: number } {
 async function waitReady(port: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const ok = await fetch(`http://127.0.0.1:${port}/health/ready`).then((r) => r.ok, () => false);
+    const ok = await fetch(`http://127.0.0.1:${port}/health/ready`).then(
+      (r) => r.ok,
+      () => false,
+    );
     if (ok) return;
     if (Date.now() > deadline) throw new Error('the service did not become ready');
     await new Promise((r) => setTimeout(r, 20));
@@ -97,7 +100,11 @@ async function run(label: string, farJobs: number) {
   const schema = config.postgres.schema;
   const database = await openDatabase(config.postgres, pino({ level: 'warn' }));
   await database.close();
-  const pool = new pg.Pool({ host: '127.0.0.1', user: 'postgres', database: config.postgres.database });
+  const pool = new pg.Pool({
+    host: '127.0.0.1',
+    user: 'postgres',
+    database: config.postgres.database,
+  });
 
   const seeding = Date.now();
   if (farJobs > 0) await seed(pool, schema, farJobs, Date.now() + 2 * DAY);
@@ -123,8 +130,11 @@ async function run(label: string, farJobs: number) {
 
   const done = async () =>
     Number(
-      (await pool.query(`select count(*)::int as n from "${schema}".jobs where state = 'succeeded'`))
-        .rows[0].n,
+      (
+        await pool.query(
+          `select count(*)::int as n from "${schema}".jobs where state = 'succeeded'`,
+        )
+      ).rows[0].n,
     );
   while ((await done()) < near) await new Promise((r) => setTimeout(r, 100));
   const late = (
@@ -143,7 +153,11 @@ async function run(label: string, farJobs: number) {
   await pool.end();
   const connection = await amqp.connect(config.rabbitmq.url);
   const channel = await connection.createChannel();
-  for (const q of [config.rabbitmq.resultsQueue, config.rabbitmq.commandsQueue, config.rabbitmq.deadLetterQueue]) {
+  for (const q of [
+    config.rabbitmq.resultsQueue,
+    config.rabbitmq.commandsQueue,
+    config.rabbitmq.deadLetterQueue,
+  ]) {
     await channel.deleteQueue(q);
   }
   await channel.deleteExchange(config.rabbitmq.exchange);

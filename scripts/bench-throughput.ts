@@ -40,11 +40,20 @@ const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsa
 
 const service = await startService(config, logger);
 await service.started;
-const pool = new pg.Pool({ host: '127.0.0.1', user: 'postgres', database: config.postgres.database });
+const pool = new pg.Pool({
+  host: '127.0.0.1',
+  user: 'postgres',
+  database: config.postgres.database,
+});
 const backend = spawn(
   process.execPath,
-  ['--import', 'tsx', new URL('./bench-backend.ts', import.meta.url).pathname,
-    config.rabbitmq.url, config.rabbitmq.exchange],
+  [
+    '--import',
+    'tsx',
+    new URL('./bench-backend.ts', import.meta.url).pathname,
+    config.rabbitmq.url,
+    config.rabbitmq.exchange,
+  ],
   { stdio: ['ignore', 'pipe', 'inherit'] },
 );
 await new Promise((resolve) => backend.stdout?.once('data', resolve));
@@ -123,7 +132,11 @@ await pool.query(`drop schema "${config.postgres.schema}" cascade`);
 await pool.end();
 const admin = await amqp.connect(config.rabbitmq.url);
 const cleanup = await admin.createChannel();
-for (const q of [config.rabbitmq.resultsQueue, config.rabbitmq.commandsQueue, config.rabbitmq.deadLetterQueue]) {
+for (const q of [
+  config.rabbitmq.resultsQueue,
+  config.rabbitmq.commandsQueue,
+  config.rabbitmq.deadLetterQueue,
+]) {
   await cleanup.deleteQueue(q);
 }
 await cleanup.deleteExchange(config.rabbitmq.exchange);

@@ -7,5 +7,8 @@ const config = loadConfig();
 const logger = pino({ base: { service: 'job_scheduler' } });
 const database = await openDatabase(config.postgres, logger);
 const executed = await database.orm.migrator.getExecuted();
-logger.info({ schema: config.postgres.schema, migrations: executed.map((m) => m.name) }, 'migrated');
+logger.info(
+  { schema: config.postgres.schema, migrations: executed.map((m) => m.name) },
+  'migrated',
+);
 await database.close();

@@ -311,10 +311,7 @@ export interface ServiceLogger {
  * line passes the scrubber of `createScrubber` before it reaches an output.
  * Throws a `ConfigError` naming LOG_DIR when the file cannot be opened.
  */
-export function createLogger(
-  config: Config['log'],
-  options: LoggerOptions = {},
-): ServiceLogger {
+export function createLogger(config: Config['log'], options: LoggerOptions = {}): ServiceLogger {
   const scrub = createScrubber(options.secrets);
   const outputs: ConsoleOutput[] = [];
   let prettyMissing: Error | undefined;

@@ -8,7 +8,8 @@ import { startService } from './service.js';
 function packageVersion(): string {
   for (const up of ['../package.json', '../../package.json']) {
     const url = new URL(up, import.meta.url);
-    if (existsSync(url)) return (JSON.parse(readFileSync(url, 'utf8')) as { version: string }).version;
+    if (existsSync(url))
+      return (JSON.parse(readFileSync(url, 'utf8')) as { version: string }).version;
   }
   return '0.0.0';
 }

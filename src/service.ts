@@ -167,7 +167,8 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
             ...(correlationId && { correlationId }),
             contentType: 'application/json',
           } as never),
-        findByKey: async (key) => (await findByIdOrKey(db.pool, db.schema, null, key))[0]?.id ?? null,
+        findByKey: async (key) =>
+          (await findByIdOrKey(db.pool, db.schema, null, key))[0]?.id ?? null,
       }),
     );
 

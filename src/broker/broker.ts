@@ -276,18 +276,19 @@ export class Broker {
    * MESSAGE_MAX_TRIES failures dead-letters it, whatever the queue's arguments.
    */
   async consume(subscription: string, handler: MessageHandler): Promise<void> {
-    const queue = subscription === SUBSCRIPTIONS.results
-      ? this.config.resultsQueue
-      : this.config.commandsQueue;
+    const queue =
+      subscription === SUBSCRIPTIONS.results ? this.config.resultsQueue : this.config.commandsQueue;
     const session = await this.rascalBroker.subscribe(subscription);
     this.sessions.push(session);
     session.on('error', (err: Error) => {
       this.logger.error({ err, subscription }, 'subscription error');
     });
     session.on('message', (message: RawMessage, content: Buffer, ackOrNack) => {
-      void this.handle(queue, message, content, ackOrNack as unknown as AckOrNack, handler).catch((err: unknown) => {
-        this.logger.error({ err, subscription }, 'message left unacked until the channel closes');
-      });
+      void this.handle(queue, message, content, ackOrNack as unknown as AckOrNack, handler).catch(
+        (err: unknown) => {
+          this.logger.error({ err, subscription }, 'message left unacked until the channel closes');
+        },
+      );
     });
   }
 
@@ -321,7 +322,10 @@ export class Broker {
     } catch (err) {
       // Neither handled nor moved elsewhere: back to the broker, whose delivery
       // limit ends a loop. The pause keeps a broken dead-letter route from spinning.
-      this.logger.error({ err, routingKey: incoming.routingKey }, 'returning message to the broker');
+      this.logger.error(
+        { err, routingKey: incoming.routingKey },
+        'returning message to the broker',
+      );
       await this.pause(1000);
       await ackOrNack(err as Error, { strategy: 'nack', requeue: true });
     }

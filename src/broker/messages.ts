@@ -193,7 +193,11 @@ export function createScheduleSchema(limits: CommandLimits) {
       scheduled_for: instant.optional(),
       delay_seconds: z.number().min(0).max(limits.maxDelaySeconds).optional(),
       anchor_at: instant.optional(),
-      offset_seconds: z.number().int().min(-limits.maxDelaySeconds).max(limits.maxDelaySeconds)
+      offset_seconds: z
+        .number()
+        .int()
+        .min(-limits.maxDelaySeconds)
+        .max(limits.maxDelaySeconds)
         .optional(),
       metadata: metadataObject
         .refine((m) => Buffer.byteLength(JSON.stringify(m)) <= limits.metadataMaxBytes, {
@@ -219,7 +223,8 @@ export function createScheduleSchema(limits: CommandLimits) {
           message:
             timings.length === 0
               ? 'one of scheduled_for, delay_seconds or anchor_at is required'
-              : `give only one of scheduled_for, delay_seconds and anchor_at, not ${timings.join(' and ')}`,
+              : `give only one of scheduled_for, delay_seconds and anchor_at, ` +
+                `not ${timings.join(' and ')}`,
         });
       }
       if (body.offset_seconds !== undefined && body.anchor_at === undefined) {
@@ -236,7 +241,11 @@ export function createScheduleSchema(limits: CommandLimits) {
           ? { kind: 'at', at: body.scheduled_for }
           : body.delay_seconds !== undefined
             ? { kind: 'delay', seconds: body.delay_seconds }
-            : { kind: 'anchor', anchorAt: body.anchor_at ?? 0, offsetSeconds: body.offset_seconds ?? 0 };
+            : {
+                kind: 'anchor',
+                anchorAt: body.anchor_at ?? 0,
+                offsetSeconds: body.offset_seconds ?? 0,
+              };
       return {
         jobType: body.job_type as JobType,
         timing,

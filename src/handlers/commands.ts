@@ -12,8 +12,11 @@ import {
 import { RequestRefused, type JobService } from '../runtime/job-service.js';
 
 /** Sends a command's answer to its `reply_to`, after the change is committed. */
-export type ReplySender = (replyTo: string, correlationId: string | undefined, body: unknown) =>
-  Promise<void>;
+export type ReplySender = (
+  replyTo: string,
+  correlationId: string | undefined,
+  body: unknown,
+) => Promise<void>;
 
 const target = {
   job_id: z.uuid('expected a UUID').optional(),
@@ -46,14 +49,21 @@ function createRescheduleSchema(limits: CommandLimits) {
     })
     .superRefine((b, ctx) => {
       if (b.subject !== undefined) {
-        if (b.anchor_at === undefined || b.scheduled_for !== undefined || b.delay_seconds !== undefined) {
+        if (
+          b.anchor_at === undefined ||
+          b.scheduled_for !== undefined ||
+          b.delay_seconds !== undefined
+        ) {
           ctx.addIssue({
             code: 'custom',
             path: ['anchor_at'],
             message: 'a subject is rescheduled by anchor_at alone',
           });
         }
-      } else if ((b.scheduled_for === undefined) === (b.delay_seconds === undefined) || b.anchor_at !== undefined) {
+      } else if (
+        (b.scheduled_for === undefined) === (b.delay_seconds === undefined) ||
+        b.anchor_at !== undefined
+      ) {
         ctx.addIssue({
           code: 'custom',
           path: ['scheduled_for'],
@@ -84,10 +94,14 @@ export function createCommandHandler(
   const reschedule = createRescheduleSchema(options.limits);
   const now = options.now ?? Date.now;
 
-  const resolveId = async (ref: { job_id?: string | undefined; idempotency_key?: string | undefined }) => {
+  const resolveId = async (ref: {
+    job_id?: string | undefined;
+    idempotency_key?: string | undefined;
+  }) => {
     if (ref.job_id) return ref.job_id;
     const id = await options.findByKey(ref.idempotency_key ?? '');
-    if (!id) throw new RequestRefused('not_found', `no job has idempotency_key ${ref.idempotency_key}`);
+    if (!id)
+      throw new RequestRefused('not_found', `no job has idempotency_key ${ref.idempotency_key}`);
     return id;
   };
 

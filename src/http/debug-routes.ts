@@ -63,7 +63,10 @@ const iso = (ms: number | null | undefined) =>
 function listParam(ctx: Context, name: string): string[] {
   const raw = ctx.query[name];
   const all = Array.isArray(raw) ? raw : raw === undefined ? [] : [raw];
-  const values = all.flatMap((v) => v.split(',')).map((v) => v.trim()).filter((v) => v !== '');
+  const values = all
+    .flatMap((v) => v.split(','))
+    .map((v) => v.trim())
+    .filter((v) => v !== '');
   if (values.length > FILTER_VALUES) {
     throw new HttpError(400, 'invalid_filter', `${name}: at most ${FILTER_VALUES} values`, name);
   }
@@ -158,12 +161,7 @@ function oldestOf(group: Group, now: number): Oldest | null {
  * and the live jobs (filtered, soonest wake-up first). Finished jobs have no
  * actor; their numbers come from the table (`stored`, cached).
  */
-function summarize(
-  snapshots: JobSnapshot[],
-  filter: TransitionFilter,
-  limit: number,
-  now: number,
-) {
+function summarize(snapshots: JobSnapshot[], filter: TransitionFilter, limit: number, now: number) {
   const states = new Map<string, Group & { types: Map<string, Group> }>();
   for (const state of JOB_STATES) states.set(state, { count: 0, oldest: null, types: new Map() });
   const wakeUps: { at: number; snapshot: JobSnapshot }[] = [];

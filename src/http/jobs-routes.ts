@@ -97,7 +97,9 @@ function asHttpError(err: unknown): unknown {
 function validCursor(cursor: string): boolean {
   try {
     const [at, id] = Cursor.decode(cursor);
-    return typeof id === 'string' && uuid.safeParse(id).success && !Number.isNaN(Date.parse(String(at)));
+    return (
+      typeof id === 'string' && uuid.safeParse(id).success && !Number.isNaN(Date.parse(String(at)))
+    );
   } catch {
     return false;
   }

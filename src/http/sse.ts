@@ -363,7 +363,7 @@ export interface TransitionStreamsOptions {
 interface Client {
   stream: SseStream;
   filter: TransitionFilter;
-  /** Live transitions (id, JSON) held back while the client's history is replayed; null once live. */
+  /** Live transitions (id, JSON) held back while the history is replayed; null once live. */
   held: { id: string; data: string }[] | null;
   /** The highest transition id sent, or that its resume point came with; null before any. */
   top: bigint | null;

@@ -178,7 +178,13 @@ export class JobRuntime {
     let count = 0;
     let from: { at: string; id: string } | null = null;
     for (;;) {
-      const rows = await findWaking(this.options.pool, this.options.schema, window, from, LOAD_PAGE);
+      const rows = await findWaking(
+        this.options.pool,
+        this.options.schema,
+        window,
+        from,
+        LOAD_PAGE,
+      );
       count += await this.adoptAll(rows);
       const last = rows.at(-1);
       if (rows.length < LOAD_PAGE || !last?.next_at) break;
@@ -235,7 +241,8 @@ export class JobRuntime {
   async send(jobId: string, event: JobEvent): Promise<Outcome> {
     const job = this.live.get(jobId) ?? (await this.activate(jobId));
     if (!job) {
-      if (this.stopping) throw new TransientError('shutting down; the message goes back to its queue');
+      if (this.stopping)
+        throw new TransientError('shutting down; the message goes back to its queue');
       const row = await findJob(this.options.pool, this.options.schema, jobId);
       if (!row) return { kind: 'unknown' };
       return { kind: 'ignored', state: row.state as JobState, reason: this.whyNotLive(row) };
@@ -245,7 +252,11 @@ export class JobRuntime {
     const after = job.actor.getSnapshot();
     if (after === before) {
       this.releaseIfFar(job);
-      return { kind: 'ignored', state: before.value as JobState, reason: ignoredReason(before, event) };
+      return {
+        kind: 'ignored',
+        state: before.value as JobState,
+        reason: ignoredReason(before, event),
+      };
     }
     await job.lastWrite;
     if (event.type === 'jobs.completed' || event.type === 'jobs.failed') {
@@ -319,7 +330,7 @@ export class JobRuntime {
     return activation;
   }
 
-  /** Restores a persisted job as a live actor; a snapshot that cannot be restored marks that job. */
+  /** Restores a persisted job as a live actor; a snapshot it cannot restore marks that job. */
   private async adopt(row: JobRow): Promise<LiveJob | null> {
     if (this.stopping) return null;
     if (row.machine_version > JOB_MACHINE_VERSION) {
@@ -532,7 +543,10 @@ export class JobRuntime {
     const snapshot = job.actor.getSnapshot();
     const wake = columnsOf(snapshot).nextAt;
     if (snapshot.value === 'pending' && wake !== null && wake > this.horizonEnd()) {
-      void job.lastWrite.then(() => this.forget(job), () => {});
+      void job.lastWrite.then(
+        () => this.forget(job),
+        () => {},
+      );
     }
   }
 
@@ -555,11 +569,18 @@ function transitionDetail(snapshot: JobSnapshot, event: JobEvent): Record<string
   const c = snapshot.context;
   switch (event.type) {
     case 'publish.confirmed':
-      return { sent_at: new Date(event.sentAt).toISOString(), message_id: messageId(c.jobId, c.attempt) };
+      return {
+        sent_at: new Date(event.sentAt).toISOString(),
+        message_id: messageId(c.jobId, c.attempt),
+      };
     case 'publish.failed':
       return { error: event.error };
     case 'jobs.failed':
-      return { error: event.errorMessage, should_retry: event.shouldRetry, reply_attempt: event.attempt ?? null };
+      return {
+        error: event.errorMessage,
+        should_retry: event.shouldRetry,
+        reply_attempt: event.attempt ?? null,
+      };
     case 'jobs.completed':
       return { reply_attempt: event.attempt ?? null };
     case 'deadline.passed':
@@ -570,7 +591,8 @@ function transitionDetail(snapshot: JobSnapshot, event: JobEvent): Record<string
       break;
   }
   if (snapshot.value === 'dead') return { error: c.lastError, reason: c.deadReason };
-  if (snapshot.value === 'retrying') return { retry_at: c.retryAt && new Date(c.retryAt).toISOString() };
+  if (snapshot.value === 'retrying')
+    return { retry_at: c.retryAt && new Date(c.retryAt).toISOString() };
   return null;
 }
 
@@ -583,7 +605,8 @@ function ignoredReason(snapshot: JobSnapshot, event: JobEvent): string {
     return `reply for attempt ${event.attempt}, but only ${attempt} sent`;
   }
   if (event.type === 'jobs.failed') {
-    return `failure of attempt ${event.attempt ?? '?'} while the job is ${state} at attempt ${attempt}`;
+    const failed = event.attempt ?? '?';
+    return `failure of attempt ${failed} while the job is ${state} at attempt ${attempt}`;
   }
   return `${event.type} does not apply to a ${state} job`;
 }

@@ -3,11 +3,7 @@ import type { MikroORM } from '@mikro-orm/postgresql';
 import type pg from 'pg';
 import type { Config } from '../../config/env.js';
 import { categoryDefaults, type JobType } from '../../config/job-types.js';
-import {
-  CANCELLABLE_STATES,
-  type JobInput,
-  type JobState,
-} from '../../machines/job.machine.js';
+import { CANCELLABLE_STATES, type JobInput, type JobState } from '../../machines/job.machine.js';
 import { InvalidMessageError, type ScheduleCommand } from '../broker/messages.js';
 import { JobEntity, type Job } from '../store/entities.js';
 import { findByIdOrKey, findSubjectJobs, type JobRow } from '../store/sql.js';
@@ -245,7 +241,10 @@ export class JobService {
     });
     if (state === 'unknown') throw new RequestRefused('not_found', `job ${jobId} not found`);
     if (state !== 'pending') {
-      throw new RequestRefused('invalid_state', `job ${jobId} is ${state}; only a dead job can be retried`);
+      throw new RequestRefused(
+        'invalid_state',
+        `job ${jobId} is ${state}; only a dead job can be retried`,
+      );
     }
     return state;
   }

@@ -77,7 +77,8 @@ export interface Committed {
 }
 
 const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
-const json = (value: unknown) => (value === null || value === undefined ? null : JSON.stringify(value));
+const json = (value: unknown) =>
+  value === null || value === undefined ? null : JSON.stringify(value);
 
 /**
  * Writes many jobs' changes in one statement: each row is updated only when its
@@ -276,7 +277,7 @@ export async function findWaking(
   return rows;
 }
 
-/** A page of dispatched jobs (their attempt is to be published again), in id order after `after`. */
+/** A page of dispatched jobs (to be published again), in id order after `after`. */
 export async function findDispatched(
   pool: pg.Pool,
   schema: string,

@@ -140,7 +140,10 @@ describe('the inspector page in headless Chromium', () => {
     const foreign = requests.filter((r) => new URL(r).host !== base.host && !r.startsWith('data:'));
     assert.deepEqual(foreign, [], 'nothing fetched from elsewhere');
     const own = requests.filter((r) => new URL(r).host === base.host);
-    assert.ok(own.some((r) => r.includes('/debug/events?token=')), 'the stream carries the token');
+    assert.ok(
+      own.some((r) => r.includes('/debug/events?token=')),
+      'the stream carries the token',
+    );
     assert.ok(own.every((r) => new URL(r).searchParams.get('token') === TOKEN));
     assert.deepEqual(failures, []);
   });

@@ -37,8 +37,16 @@ describe('bad input over RabbitMQ is refused, dead-lettered with its reason, and
     );
 
   const commands: [string, Record<string, unknown> | string, RegExp][] = [
-    ['unknown job type', { job_type: 'launch_rockets', delay_seconds: 0 }, /^job_type: unknown job type/],
-    ['no timing', { job_type: 'lesson_reminder' }, /one of scheduled_for, delay_seconds or anchor_at/],
+    [
+      'unknown job type',
+      { job_type: 'launch_rockets', delay_seconds: 0 },
+      /^job_type: unknown job type/,
+    ],
+    [
+      'no timing',
+      { job_type: 'lesson_reminder' },
+      /one of scheduled_for, delay_seconds or anchor_at/,
+    ],
     [
       'two timings',
       { job_type: 'lesson_reminder', delay_seconds: 1, scheduled_for: '2030-01-01T00:00:00Z' },
@@ -56,15 +64,27 @@ describe('bad input over RabbitMQ is refused, dead-lettered with its reason, and
       { job_type: 'lesson_reminder', delay_seconds: 1, metadata: { blob: 'x'.repeat(400) } },
       /^metadata: larger than 256 bytes/,
     ],
-    ['metadata not an object', { job_type: 'lesson_reminder', delay_seconds: 1, metadata: [1] }, /^metadata:/],
-    ['bad job_id', { job_type: 'lesson_reminder', delay_seconds: 1, job_id: 'abc' }, /^job_id: expected a UUID/],
+    [
+      'metadata not an object',
+      { job_type: 'lesson_reminder', delay_seconds: 1, metadata: [1] },
+      /^metadata:/,
+    ],
+    [
+      'bad job_id',
+      { job_type: 'lesson_reminder', delay_seconds: 1, job_id: 'abc' },
+      /^job_id: expected a UUID/,
+    ],
     [
       'expires_at in the past',
       { job_type: 'lesson_reminder', delay_seconds: 1, expires_at: '2020-01-01T00:00:00Z' },
       /^expires_at: is in the past/,
     ],
     ['not JSON', '{"job_type": ', /body is not valid JSON/],
-    ['too large', JSON.stringify({ job_type: 'lesson_reminder', pad: 'y'.repeat(3000) }), /over the limit of 2048/],
+    [
+      'too large',
+      JSON.stringify({ job_type: 'lesson_reminder', pad: 'y'.repeat(3000) }),
+      /over the limit of 2048/,
+    ],
   ];
 
   for (const [what, body, expected] of commands) {
@@ -88,7 +108,12 @@ describe('bad input over RabbitMQ is refused, dead-lettered with its reason, and
     [
       'an event_type that does not match its routing key',
       'jobs.completed',
-      { event_type: 'jobs.failed', job_id: uuid(), failed_at: new Date().toISOString(), error_message: 'x' },
+      {
+        event_type: 'jobs.failed',
+        job_id: uuid(),
+        failed_at: new Date().toISOString(),
+        error_message: 'x',
+      },
       /does not match routing key jobs.completed/,
     ],
     [
@@ -100,7 +125,12 @@ describe('bad input over RabbitMQ is refused, dead-lettered with its reason, and
     [
       'a wrong type',
       'jobs.completed',
-      { event_type: 'jobs.completed', job_id: uuid(), completed_at: new Date().toISOString(), attempt: 'one' },
+      {
+        event_type: 'jobs.completed',
+        job_id: uuid(),
+        completed_at: new Date().toISOString(),
+        attempt: 'one',
+      },
       /^attempt:/,
     ],
     [
@@ -121,7 +151,9 @@ describe('bad input over RabbitMQ is refused, dead-lettered with its reason, and
     it(`a reply with ${what} is dead-lettered with the reason`, async () => {
       const marker = uuid();
       const content =
-        typeof body === 'string' ? `${body} ${marker}` : JSON.stringify({ ...(body as object), marker });
+        typeof body === 'string'
+          ? `${body} ${marker}`
+          : JSON.stringify({ ...(body as object), marker });
       await backend.publish(routingKey, content);
       const letter = await deadLetter(marker);
       assert.match(String(letter.headers[REASON]), expected);
@@ -139,7 +171,8 @@ describe('bad input over RabbitMQ is refused, dead-lettered with its reason, and
     });
     assert.equal(answer.ok, true);
     await eventually(
-      async () => (await getJson(`${sut.baseUrl}/jobs/${answer.job_id}`)).body.state === 'succeeded',
+      async () =>
+        (await getJson(`${sut.baseUrl}/jobs/${answer.job_id}`)).body.state === 'succeeded',
       10_000,
       'the valid job to succeed',
     );
@@ -150,6 +183,9 @@ describe('bad input over RabbitMQ is refused, dead-lettered with its reason, and
     const answer = await backend.command('jobs.cancel', { job_id: id });
     assert.deepEqual(answer, { ok: false, error: `job ${id} not found` });
     await new Promise((r) => setTimeout(r, 200));
-    assert.equal(backend.deadLetters.some((d) => d.content.toString().includes(id)), false);
+    assert.equal(
+      backend.deadLetters.some((d) => d.content.toString().includes(id)),
+      false,
+    );
   });
 });

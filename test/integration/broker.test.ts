@@ -4,7 +4,14 @@ import amqp from 'amqplib';
 import { loadConfig } from '../../config/env.js';
 import { consumedQueueArguments, SUBSCRIPTIONS } from '../../config/topology.js';
 import { Broker } from '../../src/broker/broker.js';
-import { cleanUp, eventually, isolatedEnv, LogCapture, RABBITMQ_URL, uuid } from '../support/harness.js';
+import {
+  cleanUp,
+  eventually,
+  isolatedEnv,
+  LogCapture,
+  RABBITMQ_URL,
+  uuid,
+} from '../support/harness.js';
 
 const REASON = 'x-scheduler-reason';
 
@@ -75,7 +82,10 @@ describe('a message whose handling keeps failing', () => {
       const redeclared = await withChannel((channel) =>
         channel
           .assertQueue(env['RABBITMQ_QUEUE_NAME'] ?? '', { durable: true, arguments: expected })
-          .then(() => 'accepted', (err: Error) => err.message),
+          .then(
+            () => 'accepted',
+            (err: Error) => err.message,
+          ),
       );
       assert.equal(redeclared, 'accepted');
     } finally {

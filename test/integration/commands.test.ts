@@ -154,12 +154,19 @@ describe('scheduling commands over RabbitMQ', () => {
       idempotency_key: key,
     });
     await eventually(async () => (await view(id)).state === 'retrying', 5000, 'retrying');
-    const soon = await backend.command('jobs.reschedule', { idempotency_key: key, delay_seconds: 0.2 });
+    const soon = await backend.command('jobs.reschedule', {
+      idempotency_key: key,
+      delay_seconds: 0.2,
+    });
     assert.deepEqual(soon, { ok: true, job_id: id, state: 'retrying' });
-    const done = await eventually(async () => {
-      const v = await view(id);
-      return v.state === 'succeeded' ? v : undefined;
-    }, 5000, 'the moved retry to run');
+    const done = await eventually(
+      async () => {
+        const v = await view(id);
+        return v.state === 'succeeded' ? v : undefined;
+      },
+      5000,
+      'the moved retry to run',
+    );
     assert.equal(done.attempt, 2);
 
     const late = await backend.command('jobs.reschedule', { job_id: id, delay_seconds: 5 });
@@ -185,7 +192,11 @@ describe('idempotency across two service instances', () => {
     const backend = await FakeBackend.start(env);
     try {
       const key = `race-${uuid()}`;
-      const body = { job_type: 'telegram_link_reminder', delay_seconds: 3600, idempotency_key: key };
+      const body = {
+        job_type: 'telegram_link_reminder',
+        delay_seconds: 3600,
+        idempotency_key: key,
+      };
       const answers = await Promise.all(
         Array.from({ length: 20 }, () => backend.command('jobs.schedule', body)),
       );

@@ -33,10 +33,14 @@ describe('a cutoff (expires_at): too late to be useful', () => {
       await new Promise((r) => setTimeout(r, Math.max(0, start + 3000 - Date.now())));
 
       const second = await startTestService(env);
-      const view = await eventually(async () => {
-        const v = (await getJson(`${second.baseUrl}/jobs/${id}`)).body;
-        return v.state === 'dead' ? v : undefined;
-      }, 5000, 'the job to expire');
+      const view = await eventually(
+        async () => {
+          const v = (await getJson(`${second.baseUrl}/jobs/${id}`)).body;
+          return v.state === 'dead' ? v : undefined;
+        },
+        5000,
+        'the job to expire',
+      );
       assert.equal(view.last_error, 'expired');
       assert.equal(view.attempt, 0);
       assert.equal(backend.executesOf(id).length, 0, 'never sent late');
@@ -64,10 +68,14 @@ describe('a cutoff (expires_at): too late to be useful', () => {
         max_attempts: 50,
         expires_at: new Date(Date.now() + 1500).toISOString(),
       });
-      const view = await eventually(async () => {
-        const v = (await getJson(`${sut.baseUrl}/jobs/${id}`)).body;
-        return v.state === 'dead' ? v : undefined;
-      }, 8000, 'the job to expire');
+      const view = await eventually(
+        async () => {
+          const v = (await getJson(`${sut.baseUrl}/jobs/${id}`)).body;
+          return v.state === 'dead' ? v : undefined;
+        },
+        8000,
+        'the job to expire',
+      );
       assert.equal(view.last_error, 'expired');
       assert.ok(view.attempt >= 1 && view.attempt < 50, `stopped after ${view.attempt} attempts`);
       const sentAfterCutoff = backend

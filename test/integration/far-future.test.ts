@@ -45,7 +45,10 @@ describe('jobs far in the future', () => {
           assert.equal(view.next_at, new Date(at).toISOString());
         }
       }
-      assert.equal(backend.received.filter((e) => e.body.job_type === 'payment_reminder').length, 0);
+      assert.equal(
+        backend.received.filter((e) => e.body.job_type === 'payment_reminder').length,
+        0,
+      );
     } finally {
       await backend.close();
     }

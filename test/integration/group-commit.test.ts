@@ -4,7 +4,11 @@ import { randomUUID } from 'node:crypto';
 import pino from 'pino';
 import { loadConfig } from '../../config/env.js';
 import { openDatabase, type Database } from '../../src/store/database.js';
-import { GroupCommit, VersionConflictError, type VersionRef } from '../../src/store/group-commit.js';
+import {
+  GroupCommit,
+  VersionConflictError,
+  type VersionRef,
+} from '../../src/store/group-commit.js';
 import { commitChanges, insertJob, type JobColumns } from '../../src/store/sql.js';
 import { cleanUp, isolatedEnv } from '../support/harness.js';
 
@@ -63,7 +67,14 @@ describe('group commit', () => {
     await Promise.all(
       ids.map((id) =>
         writer.write(id, { version: 1 }, columns('dispatched', 1), [
-          { from: 'pending', to: 'dispatched', event: 'due', attempt: 1, at: Date.now(), detail: null },
+          {
+            from: 'pending',
+            to: 'dispatched',
+            event: 'due',
+            attempt: 1,
+            at: Date.now(),
+            detail: null,
+          },
         ]),
       ),
     );
@@ -95,7 +106,14 @@ describe('group commit', () => {
         { from: 'pending', to: 'dispatched', event: 'due', attempt: 1, at, detail: null },
       ]),
       writer.write(id, ref, columns('awaiting-ack', 1), [
-        { from: 'dispatched', to: 'awaiting-ack', event: 'publish.confirmed', attempt: 1, at, detail: null },
+        {
+          from: 'dispatched',
+          to: 'awaiting-ack',
+          event: 'publish.confirmed',
+          attempt: 1,
+          at,
+          detail: null,
+        },
       ]),
     ]);
     assert.equal(ref.version, 2);
@@ -103,7 +121,10 @@ describe('group commit', () => {
       `select to_state from "${db.schema}".job_transitions where job_id = $1 order by id`,
       [id],
     );
-    assert.deepEqual(rows.map((r) => r.to_state), ['pending', 'dispatched', 'awaiting-ack']);
+    assert.deepEqual(
+      rows.map((r) => r.to_state),
+      ['pending', 'dispatched', 'awaiting-ack'],
+    );
   });
 
   it('refuses a change made against a version that moved, and writes the others', async () => {
@@ -113,7 +134,9 @@ describe('group commit', () => {
       logger: pino({ level: 'silent' }),
     });
     const [stale, fresh] = [await newJob(), await newJob()];
-    await db.pool.query(`update "${db.schema}".jobs set version = version + 1 where id = $1`, [stale]);
+    await db.pool.query(`update "${db.schema}".jobs set version = version + 1 where id = $1`, [
+      stale,
+    ]);
     const results = await Promise.allSettled([
       writer.write(stale, { version: 1 }, columns('cancelled', 0), []),
       writer.write(fresh, { version: 1 }, columns('cancelled', 0), []),

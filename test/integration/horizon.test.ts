@@ -41,12 +41,13 @@ describe('restore and the horizon with more jobs than one page', () => {
       assert.equal(restored, 2007);
       const count = async (where: string) =>
         Number(
-          (await pool.query(`select count(*)::int as n from "${schema}".jobs where ${where}`)).rows[0]
-            .n,
+          (await pool.query(`select count(*)::int as n from "${schema}".jobs where ${where}`))
+            .rows[0].n,
         );
       await eventually(async () => (await count(`state = 'succeeded'`)) === 2007, 30_000, 'all');
       const perJob = new Map<string, number>();
-      for (const e of backend.received) perJob.set(e.body.job_id, (perJob.get(e.body.job_id) ?? 0) + 1);
+      for (const e of backend.received)
+        perJob.set(e.body.job_id, (perJob.get(e.body.job_id) ?? 0) + 1);
       assert.equal(perJob.size, 2007, 'every job reached the backend');
       assert.deepEqual(new Set(perJob.values()), new Set([1]), 'each exactly once');
     } finally {

@@ -127,10 +127,14 @@ describe('the state inspector: live actors, one job, and the stream of transitio
     return reply.job_id;
   };
   const settled = (id: string, state: string) =>
-    eventually(async () => {
-      const view = (await getJson(url(`/jobs/${id}`))).body;
-      return view.state === state ? view : undefined;
-    }, 10_000, `job ${id} ${state}`);
+    eventually(
+      async () => {
+        const view = (await getJson(url(`/jobs/${id}`))).body;
+        return view.state === state ? view : undefined;
+      },
+      10_000,
+      `job ${id} ${state}`,
+    );
 
   it('GET /debug/jobs: live actors by state and job type, oldest, next wake-ups', async () => {
     const soon = Date.now() + 60_000;
@@ -187,11 +191,16 @@ describe('the state inspector: live actors, one job, and the stream of transitio
     backend.behaviour = () => ({ kind: 'silent' });
     const id = await schedule({ job_type: 'lesson_reminder', delay_seconds: 0.2 });
     await backend.waitForExecutes(id, 1);
-    const live = await eventually(async () => {
-      const { body } = await getJson(url(`/debug/jobs/${id}`));
-      const waiting = body.snapshot?.value === 'awaiting-ack' && body.job.state === 'awaiting-ack';
-      return waiting ? body : undefined;
-    }, 5000, 'the job awaiting its reply');
+    const live = await eventually(
+      async () => {
+        const { body } = await getJson(url(`/debug/jobs/${id}`));
+        const waiting =
+          body.snapshot?.value === 'awaiting-ack' && body.job.state === 'awaiting-ack';
+        return waiting ? body : undefined;
+      },
+      5000,
+      'the job awaiting its reply',
+    );
     assert.equal(live.live, true);
     assert.equal(live.snapshot_source, 'live');
     assert.equal(live.snapshot.context.jobId, id);
@@ -227,8 +236,11 @@ describe('the state inspector: live actors, one job, and the stream of transitio
     const confirmed = body.transitions[2];
     assert.equal(confirmed.detail.message_id, `${id}:1`);
     assert.ok(Date.parse(confirmed.at) > 0);
-    assert.ok(body.transitions.every((t: any, i: number, all: any[]) =>
-      i === 0 || BigInt(t.id) > BigInt(all[i - 1].id)));
+    assert.ok(
+      body.transitions.every(
+        (t: any, i: number, all: any[]) => i === 0 || BigInt(t.id) > BigInt(all[i - 1].id),
+      ),
+    );
 
     assert.equal((await getJson(url('/debug/jobs/not-a-uuid'))).status, 400);
     const missing = await getJson(url('/debug/jobs/00000000-0000-4000-8000-000000000000'));
@@ -340,15 +352,24 @@ describe('the state inspector: live actors, one job, and the stream of transitio
     await eventually(() => again.transitions().length >= expected.length, 5000, 'the replay');
     const got = again.transitions().map((t) => t.id);
     assert.equal(new Set(got).size, got.length, 'no transition twice');
-    assert.deepEqual([...got].sort((a, b) => Number(BigInt(a) - BigInt(b))), expected);
+    assert.deepEqual(
+      [...got].sort((a, b) => Number(BigInt(a) - BigInt(b))),
+      expected,
+    );
     for (const id of missed) {
       const ofJob = rows.filter((r) => r.job_id === id);
       assert.equal(ofJob[0]?.from_state, null, `the creation of ${id} is replayed`);
       assert.equal(ofJob.at(-1)?.to_state, 'succeeded', `the end of ${id} arrives`);
     }
     // Both sides of the seam were exercised: history read back, and live events after it.
-    assert.ok(got.some((id) => BigInt(id) <= seam), 'some came from the history');
-    assert.ok(got.some((id) => BigInt(id) > seam), 'some came live');
+    assert.ok(
+      got.some((id) => BigInt(id) <= seam),
+      'some came from the history',
+    );
+    assert.ok(
+      got.some((id) => BigInt(id) > seam),
+      'some came live',
+    );
     again.close();
 
     for (const bad of ['abc', '12:13', '12:5-3', '99999999999999999999']) {

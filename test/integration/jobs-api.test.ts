@@ -46,10 +46,14 @@ describe('the jobs API over HTTP', () => {
   });
 
   const settled = (id: string, state: string) =>
-    eventually(async () => {
-      const view = (await getJson(url(`/jobs/${id}`))).body;
-      return view.state === state ? view : undefined;
-    }, 10_000, `job ${id} ${state}`);
+    eventually(
+      async () => {
+        const view = (await getJson(url(`/jobs/${id}`))).body;
+        return view.state === state ? view : undefined;
+      },
+      10_000,
+      `job ${id} ${state}`,
+    );
 
   it('POST /jobs creates a job (201 with the view), and a duplicate answers 200 with the same job', async () => {
     const body = {
@@ -62,8 +66,20 @@ describe('the jobs API over HTTP', () => {
     const created = await send('POST', url('/jobs'), body);
     assert.equal(created.status, 201);
     assert.deepEqual(Object.keys(created.body).sort(), [
-      'attempt', 'created_at', 'expires_at', 'finished_at', 'job_id', 'job_type', 'last_error',
-      'max_attempts', 'metadata', 'next_at', 'result', 'scheduled_for', 'state', 'subject',
+      'attempt',
+      'created_at',
+      'expires_at',
+      'finished_at',
+      'job_id',
+      'job_type',
+      'last_error',
+      'max_attempts',
+      'metadata',
+      'next_at',
+      'result',
+      'scheduled_for',
+      'state',
+      'subject',
       'updated_at',
     ]);
     assert.equal(created.body.state, 'pending');
@@ -87,20 +103,31 @@ describe('the jobs API over HTTP', () => {
     const notJson = await send('POST', url('/jobs'), '{"job_type":');
     assert.equal(notJson.status, 400);
     assert.equal(notJson.body.error.code, 'invalid_json');
-    const big = await send('POST', url('/jobs'), { job_type: 'lesson_reminder', pad: 'x'.repeat(5000) });
+    const big = await send('POST', url('/jobs'), {
+      job_type: 'lesson_reminder',
+      pad: 'x'.repeat(5000),
+    });
     assert.equal(big.status, 413);
     assert.equal(big.body.error.code, 'payload_too_large');
   });
 
   it('PATCH /jobs/:id moves a pending job; a finished one is refused with 409', async () => {
-    const created = await send('POST', url('/jobs'), { job_type: 'lesson_reminder', delay_seconds: 600 });
+    const created = await send('POST', url('/jobs'), {
+      job_type: 'lesson_reminder',
+      delay_seconds: 600,
+    });
     const target = new Date(Date.now() + 7_200_000).toISOString();
-    const moved = await send('PATCH', url(`/jobs/${created.body.job_id}`), { scheduled_for: target });
+    const moved = await send('PATCH', url(`/jobs/${created.body.job_id}`), {
+      scheduled_for: target,
+    });
     assert.equal(moved.status, 200);
     assert.equal(Date.parse(moved.body.next_at), Date.parse(target));
     assert.equal(Date.parse(moved.body.scheduled_for), Date.parse(target));
 
-    const done = await send('POST', url('/jobs'), { job_type: 'lesson_reminder', delay_seconds: 0 });
+    const done = await send('POST', url('/jobs'), {
+      job_type: 'lesson_reminder',
+      delay_seconds: 0,
+    });
     await settled(done.body.job_id, 'succeeded');
     const refused = await send('PATCH', url(`/jobs/${done.body.job_id}`), { delay_seconds: 10 });
     assert.equal(refused.status, 409);
@@ -111,7 +138,10 @@ describe('the jobs API over HTTP', () => {
   });
 
   it('DELETE /jobs/:id cancels, again is 200, a finished job is 409, an unknown one 404', async () => {
-    const created = await send('POST', url('/jobs'), { job_type: 'payment_reminder', delay_seconds: 600 });
+    const created = await send('POST', url('/jobs'), {
+      job_type: 'payment_reminder',
+      delay_seconds: 600,
+    });
     const id = created.body.job_id;
     const cancelled = await send('DELETE', url(`/jobs/${id}`));
     assert.equal(cancelled.status, 200);
@@ -119,7 +149,10 @@ describe('the jobs API over HTTP', () => {
     assert.equal((await send('DELETE', url(`/jobs/${id}`))).status, 200);
     assert.equal((await send('DELETE', url(`/jobs/${uuid()}`))).status, 404);
     assert.equal((await send('DELETE', url('/jobs/xyz'))).status, 400);
-    const done = await send('POST', url('/jobs'), { job_type: 'payment_reminder', delay_seconds: 0 });
+    const done = await send('POST', url('/jobs'), {
+      job_type: 'payment_reminder',
+      delay_seconds: 0,
+    });
     await settled(done.body.job_id, 'succeeded');
     assert.equal((await send('DELETE', url(`/jobs/${done.body.job_id}`))).status, 409);
   });
@@ -127,7 +160,10 @@ describe('the jobs API over HTTP', () => {
   it('POST /jobs/:id/retry restarts a dead job with a fresh budget, attempts numbering on', async () => {
     backend.behaviour = (e) =>
       e.body.attempt === 1 ? { kind: 'fail', error: 'mailbox full' } : { kind: 'complete' };
-    const created = await send('POST', url('/jobs'), { job_type: 'lesson_reminder', delay_seconds: 0 });
+    const created = await send('POST', url('/jobs'), {
+      job_type: 'lesson_reminder',
+      delay_seconds: 0,
+    });
     const id = created.body.job_id;
     const dead = await settled(id, 'dead');
     assert.equal(dead.attempt, 1);
@@ -138,7 +174,10 @@ describe('the jobs API over HTTP', () => {
     assert.equal(retried.body.max_attempts, 3);
     const done = await settled(id, 'succeeded');
     assert.equal(done.attempt, 2);
-    assert.deepEqual(backend.executesOf(id).map((e) => e.properties.messageId), [`${id}:1`, `${id}:2`]);
+    assert.deepEqual(
+      backend.executesOf(id).map((e) => e.properties.messageId),
+      [`${id}:1`, `${id}:2`],
+    );
     assert.equal((await send('POST', url(`/jobs/${id}/retry`), {})).status, 409);
     backend.behaviour = () => ({ kind: 'complete' });
   });
@@ -169,7 +208,9 @@ describe('the jobs API over HTTP', () => {
     const order = seen.map((j) => `${j.scheduled_for}|${j.job_id}`);
     assert.deepEqual(order, [...order].sort(), 'ordered by scheduled_for then job_id');
 
-    const filtered = await getJson(url(`/jobs?subject=${encodeURIComponent(subject)}&state=cancelled`));
+    const filtered = await getJson(
+      url(`/jobs?subject=${encodeURIComponent(subject)}&state=cancelled`),
+    );
     assert.deepEqual(filtered.body, { jobs: [], next_cursor: null });
     assert.equal((await getJson(url('/jobs?cursor=garbage'))).status, 400);
     assert.equal((await getJson(url('/jobs?limit=501'))).body.error.field, 'limit');

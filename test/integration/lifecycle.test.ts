@@ -39,10 +39,14 @@ describe('a job from command to reply, against PostgreSQL and RabbitMQ', () => {
 
   const job = async (id: string) => (await getJson(`${sut.baseUrl}/jobs/${id}`)).body;
   const settled = (id: string, state: string, timeoutMs = 10_000) =>
-    eventually(async () => {
-      const view = await job(id);
-      return view.state === state ? view : undefined;
-    }, timeoutMs, `job ${id} to be ${state}`);
+    eventually(
+      async () => {
+        const view = await job(id);
+        return view.state === state ? view : undefined;
+      },
+      timeoutMs,
+      `job ${id} to be ${state}`,
+    );
 
   it('jobs.schedule creates a job whose execute message has the exact fields of the contract', async () => {
     const scheduledFor = new Date(Date.now() + 300).toISOString();
@@ -107,7 +111,10 @@ describe('a job from command to reply, against PostgreSQL and RabbitMQ', () => {
         'awaiting-ack>succeeded:jobs.completed',
       ],
     );
-    assert.equal(sut.logs.find('job finished').some((l) => l['job_id'] === id), true);
+    assert.equal(
+      sut.logs.find('job finished').some((l) => l['job_id'] === id),
+      true,
+    );
   });
 
   it('a failure is retried after the backoff as attempt 2 with a new message_id', async () => {
@@ -161,8 +168,10 @@ describe('a job from command to reply, against PostgreSQL and RabbitMQ', () => {
       delay_seconds: 0,
     });
     await eventually(
-      () => sut.logs.find('publish failed; the attempt will be published again')
-        .some((l) => l['job_id'] === id),
+      () =>
+        sut.logs
+          .find('publish failed; the attempt will be published again')
+          .some((l) => l['job_id'] === id),
       5000,
       'a returned publish',
     );
@@ -188,8 +197,16 @@ describe('a job from command to reply, against PostgreSQL and RabbitMQ', () => {
     assert.deepEqual(second, { ok: true, job_id: first.job_id, state: 'pending', duplicate: true });
 
     const jobId = uuid();
-    const a = await backend.command('jobs.schedule', { ...body, idempotency_key: undefined, job_id: jobId });
-    const b = await backend.command('jobs.schedule', { ...body, idempotency_key: undefined, job_id: jobId });
+    const a = await backend.command('jobs.schedule', {
+      ...body,
+      idempotency_key: undefined,
+      job_id: jobId,
+    });
+    const b = await backend.command('jobs.schedule', {
+      ...body,
+      idempotency_key: undefined,
+      job_id: jobId,
+    });
     assert.equal(a.job_id, jobId);
     assert.deepEqual(b, { ok: true, job_id: jobId, state: 'pending', duplicate: true });
 
@@ -230,10 +247,17 @@ describe('a job from command to reply, against PostgreSQL and RabbitMQ', () => {
     await settled(id, 'awaiting-ack');
     const now = new Date().toISOString();
     await backend.publish('jobs.completed', {
-      event_type: 'jobs.completed', job_id: id, completed_at: now, attempt: 5,
+      event_type: 'jobs.completed',
+      job_id: id,
+      completed_at: now,
+      attempt: 5,
     });
     await backend.publish('jobs.failed', {
-      event_type: 'jobs.failed', job_id: id, failed_at: now, error_message: 'x', attempt: 9,
+      event_type: 'jobs.failed',
+      job_id: id,
+      failed_at: now,
+      error_message: 'x',
+      attempt: 9,
     });
     await eventually(
       () => sut.logs.find('reply changed nothing').filter((l) => l['job_id'] === id).length === 2,
@@ -242,16 +266,22 @@ describe('a job from command to reply, against PostgreSQL and RabbitMQ', () => {
     );
     assert.equal((await job(id)).state, 'awaiting-ack');
     await backend.publish('jobs.completed', {
-      event_type: 'jobs.completed', job_id: id, completed_at: now, attempt: 1,
+      event_type: 'jobs.completed',
+      job_id: id,
+      completed_at: now,
+      attempt: 1,
     });
     await settled(id, 'succeeded');
     await backend.publish('jobs.completed', {
-      event_type: 'jobs.completed', job_id: id, completed_at: now,
+      event_type: 'jobs.completed',
+      job_id: id,
+      completed_at: now,
     });
     await eventually(
-      () => sut.logs.find('reply changed nothing').some(
-        (l) => l['job_id'] === id && /already succeeded/.test(String(l['reason'])),
-      ),
+      () =>
+        sut.logs
+          .find('reply changed nothing')
+          .some((l) => l['job_id'] === id && /already succeeded/.test(String(l['reason']))),
       5000,
       'a duplicate reply warning',
     );
@@ -261,14 +291,19 @@ describe('a job from command to reply, against PostgreSQL and RabbitMQ', () => {
   it('a reply for an unknown job is acknowledged with a warning, not dead-lettered', async () => {
     const ghost = uuid();
     await backend.publish('jobs.completed', {
-      event_type: 'jobs.completed', job_id: ghost, completed_at: new Date().toISOString(),
+      event_type: 'jobs.completed',
+      job_id: ghost,
+      completed_at: new Date().toISOString(),
     });
     await eventually(
       () => sut.logs.find(/unknown job/).some((l) => l['job_id'] === ghost),
       5000,
       'an unknown-job warning',
     );
-    assert.equal(backend.deadLetters.some((d) => d.content.includes(ghost)), false);
+    assert.equal(
+      backend.deadLetters.some((d) => d.content.includes(ghost)),
+      false,
+    );
   });
 
   it('GET /jobs/:id answers 400 for an id that is not a UUID and 404 for an unknown one', async () => {

@@ -82,12 +82,16 @@ describe('GET /metrics in the Prometheus text format', () => {
     return parseMetrics(await response.text());
   };
   const settled = (id: string, state: string) =>
-    eventually(async () => {
-      const { body } = await getJson(`${sut.baseUrl}/jobs/${id}`, {
-        authorization: `Bearer ${TOKEN}`,
-      });
-      return body.state === state ? body : undefined;
-    }, 10_000, `job ${id} ${state}`);
+    eventually(
+      async () => {
+        const { body } = await getJson(`${sut.baseUrl}/jobs/${id}`, {
+          authorization: `Bearer ${TOKEN}`,
+        });
+        return body.state === state ? body : undefined;
+      },
+      10_000,
+      `job ${id} ${state}`,
+    );
 
   it('needs the bearer token; the query token is for /debug only', async () => {
     assert.equal((await fetch(`${sut.baseUrl}/metrics`)).status, 401);

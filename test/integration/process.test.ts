@@ -10,7 +10,8 @@ describe('the service as a process', () => {
   const envs: Record<string, string>[] = [];
   const processes: ServiceProcess[] = [];
   after(async () => {
-    for (const p of processes) if (p.child.exitCode === null && p.child.signalCode === null) await p.kill();
+    for (const p of processes)
+      if (p.child.exitCode === null && p.child.signalCode === null) await p.kill();
     for (const env of envs) await cleanUp(env);
   });
 
@@ -21,14 +22,21 @@ describe('the service as a process', () => {
     const { code } = await service.exited;
     assert.notEqual(code, 0);
     const fatal = service.logLines().find((l) => l['level'] === 60);
-    assert.match(String(fatal?.['msg']), /REMINDER_JOB_MAX_RETRIES: expected a whole number \(got "lots"\)/);
+    assert.match(
+      String(fatal?.['msg']),
+      /REMINDER_JOB_MAX_RETRIES: expected a whole number \(got "lots"\)/,
+    );
   });
 
   it('serves /health from the first moment and /health/ready 503 while PostgreSQL is unreachable; SIGTERM still exits 0', async () => {
     const env = isolatedEnv({ SCHEDULER_POSTGRES_PORT: '1' });
     const service = await ServiceProcess.start(env, 'process-no-postgres');
     processes.push(service);
-    await eventually(async () => (await status(`${service.baseUrl}/health`)) === 200, 10_000, '/health');
+    await eventually(
+      async () => (await status(`${service.baseUrl}/health`)) === 200,
+      10_000,
+      '/health',
+    );
     const ready = await fetch(`${service.baseUrl}/health/ready`);
     assert.equal(ready.status, 503);
     assert.equal(((await ready.json()) as any).checks.postgres, 'pending');
@@ -49,10 +57,14 @@ describe('the service as a process', () => {
     try {
       await service.ready();
       proxy.cut();
-      const down = await eventually(async () => {
-        const r = await fetch(`${service.baseUrl}/health/ready`);
-        return r.status === 503 ? ((await r.json()) as any) : undefined;
-      }, 10_000, 'not ready');
+      const down = await eventually(
+        async () => {
+          const r = await fetch(`${service.baseUrl}/health/ready`);
+          return r.status === 503 ? ((await r.json()) as any) : undefined;
+        },
+        10_000,
+        'not ready',
+      );
       assert.equal(down.checks.rabbitmq, 'down');
       assert.equal(down.checks.postgres, 'up');
       proxy.heal();
@@ -80,8 +92,12 @@ describe('the service as a process', () => {
         timeout_seconds: 600,
       });
       const stateOf = async () =>
-        (await pool.query(`select state from "${env['SCHEDULER_POSTGRES_SCHEMA']}".jobs where id = $1`, [id]))
-          .rows[0]?.state;
+        (
+          await pool.query(
+            `select state from "${env['SCHEDULER_POSTGRES_SCHEMA']}".jobs where id = $1`,
+            [id],
+          )
+        ).rows[0]?.state;
       await eventually(async () => (await stateOf()) === 'awaiting-ack', 10_000, 'awaiting-ack');
 
       const started = Date.now();

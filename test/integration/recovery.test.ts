@@ -12,7 +12,9 @@ function behaviour(backend: FakeBackend) {
   return (execute: { body: Record<string, any>; properties: { messageId?: string } }): Action => {
     const role = execute.body.metadata?.role as string;
     const attempt = execute.body.attempt as number;
-    const seen = backend.received.filter((e) => e.properties.messageId === execute.properties.messageId);
+    const seen = backend.received.filter(
+      (e) => e.properties.messageId === execute.properties.messageId,
+    );
     switch (role) {
       case 'awaiting':
         return attempt === 1 ? { kind: 'silent' } : { kind: 'complete' };
@@ -90,10 +92,18 @@ describe('recovery after SIGKILL', () => {
       dispatched: await schedule('dispatched', 1.5),
     };
 
-    await eventually(async () => {
-      const s = await states(ids);
-      return s['awaiting'] === 'awaiting-ack' && s['doomed'] === 'awaiting-ack' && s['retrying'] === 'retrying';
-    }, 10_000, 'jobs in awaiting-ack and retrying');
+    await eventually(
+      async () => {
+        const s = await states(ids);
+        return (
+          s['awaiting'] === 'awaiting-ack' &&
+          s['doomed'] === 'awaiting-ack' &&
+          s['retrying'] === 'retrying'
+        );
+      },
+      10_000,
+      'jobs in awaiting-ack and retrying',
+    );
 
     // Cut the broker's answers off: the next publish reaches RabbitMQ but is never confirmed.
     proxy.freeze();
@@ -119,10 +129,16 @@ describe('recovery after SIGKILL', () => {
     processes.push(second);
     await second.ready();
 
-    const ends = await eventually(async () => {
-      const s = await states(ids);
-      return Object.values(s).every((state) => ['succeeded', 'dead'].includes(state)) ? s : undefined;
-    }, 30_000, 'every job to finish');
+    const ends = await eventually(
+      async () => {
+        const s = await states(ids);
+        return Object.values(s).every((state) => ['succeeded', 'dead'].includes(state))
+          ? s
+          : undefined;
+      },
+      30_000,
+      'every job to finish',
+    );
     assert.deepEqual(ends, {
       awaiting: 'succeeded',
       doomed: 'dead',
@@ -134,15 +150,22 @@ describe('recovery after SIGKILL', () => {
     const messageIds = (role: string) =>
       backend!.executesOf(ids[role] ?? '').map((e) => e.properties.messageId);
     const id = (role: string, attempt: number) => `${ids[role]}:${attempt}`;
-    assert.deepEqual(messageIds('dispatched'), [id('dispatched', 1), id('dispatched', 1)],
-      'the unconfirmed attempt is published again with the same message_id');
+    assert.deepEqual(
+      messageIds('dispatched'),
+      [id('dispatched', 1), id('dispatched', 1)],
+      'the unconfirmed attempt is published again with the same message_id',
+    );
     assert.deepEqual(messageIds('awaiting'), [id('awaiting', 1), id('awaiting', 2)]);
     assert.deepEqual(messageIds('doomed'), [id('doomed', 1), id('doomed', 2)]);
     assert.deepEqual(messageIds('retrying'), [id('retrying', 1), id('retrying', 2)]);
     assert.deepEqual(messageIds('pending'), [id('pending', 1)]);
 
     const resent = backend.executesOf(ids['dispatched'] ?? '');
-    assert.notEqual(resent[0]?.body.sent_at, resent[1]?.body.sent_at, 'each publish stamps sent_at');
+    assert.notEqual(
+      resent[0]?.body.sent_at,
+      resent[1]?.body.sent_at,
+      'each publish stamps sent_at',
+    );
 
     const restored = second.logLines().find((l) => l['msg'] === 'restored waiting jobs');
     assert.equal(restored?.['restored'], 5);

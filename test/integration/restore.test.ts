@@ -30,14 +30,19 @@ describe('restoring jobs from their snapshots', () => {
     const backend = await FakeBackend.start(env);
     const ids: string[] = [];
     for (let i = 0; i < 4; i += 1) {
-      ids.push((await backend.command('jobs.schedule', { job_type: 'file_cleanup', delay_seconds: 2 })).job_id);
+      ids.push(
+        (await backend.command('jobs.schedule', { job_type: 'file_cleanup', delay_seconds: 2 }))
+          .job_id,
+      );
     }
     await first.stop();
     const [otherVersion, unknownState, healthy, newer] = ids as [string, string, string, string];
 
     const admin = testPool();
     try {
-      await admin.query(`update "${schema}".jobs set machine_version = 0 where id = $1`, [otherVersion]);
+      await admin.query(`update "${schema}".jobs set machine_version = 0 where id = $1`, [
+        otherVersion,
+      ]);
       await admin.query(`update "${schema}".jobs set machine_version = 99 where id = $1`, [newer]);
       await admin.query(
         `update "${schema}".jobs set snapshot = jsonb_set(snapshot, '{value}', '"sleeping"') where id = $1`,
@@ -49,7 +54,11 @@ describe('restoring jobs from their snapshots', () => {
 
     const second = await startTestService(env);
     try {
-      await eventually(async () => (await view(second, healthy)).state === 'succeeded', 10_000, 'the healthy job');
+      await eventually(
+        async () => (await view(second, healthy)).state === 'succeeded',
+        10_000,
+        'the healthy job',
+      );
       const versioned = await view(second, otherVersion);
       assert.equal(versioned.state, 'pending');
       assert.match(versioned.last_error, /job machine version 0; this service runs version 1/);
@@ -57,7 +66,9 @@ describe('restoring jobs from their snapshots', () => {
       assert.equal(fromNewer.state, 'pending');
       assert.equal(fromNewer.last_error, null, 'not marked: a newer release may take it');
       assert.equal(backend.executesOf(newer).length, 0);
-      assert.ok(second.logs.find(/written by a newer job machine/).some((l) => l['job_id'] === newer));
+      assert.ok(
+        second.logs.find(/written by a newer job machine/).some((l) => l['job_id'] === newer),
+      );
       const broken = await view(second, unknownState);
       assert.match(broken.last_error, /unknown state "sleeping"/);
       const { rows } = await second.pool.query(
@@ -84,7 +95,11 @@ describe('restoring jobs from their snapshots', () => {
       delay_seconds: 0,
       timeout_seconds: 3600,
     });
-    await eventually(async () => (await view(first, id)).state === 'awaiting-ack', 5000, 'awaiting-ack');
+    await eventually(
+      async () => (await view(first, id)).state === 'awaiting-ack',
+      5000,
+      'awaiting-ack',
+    );
     await first.stop();
 
     const second = await startTestService(env);
@@ -98,10 +113,14 @@ describe('restoring jobs from their snapshots', () => {
         result: { sent: true },
         attempt: 1,
       });
-      const done = await eventually(async () => {
-        const v = await view(second, id);
-        return v.state === 'succeeded' ? v : undefined;
-      }, 10_000, 'the reply to be applied');
+      const done = await eventually(
+        async () => {
+          const v = await view(second, id);
+          return v.state === 'succeeded' ? v : undefined;
+        },
+        10_000,
+        'the reply to be applied',
+      );
       assert.deepEqual(done.result, { sent: true });
     } finally {
       await backend.close();

@@ -71,7 +71,14 @@ const completed = (at: number, attempt?: number): JobEvent => ({
   ...(attempt === undefined ? {} : { attempt }),
 });
 const failed = (at: number, extra: Partial<Extract<JobEvent, { type: 'jobs.failed' }>> = {}) =>
-  ({ type: 'jobs.failed', at, errorMessage: 'boom', shouldRetry: true, jitter: 0, ...extra }) as JobEvent;
+  ({
+    type: 'jobs.failed',
+    at,
+    errorMessage: 'boom',
+    shouldRetry: true,
+    jitter: 0,
+    ...extra,
+  }) as JobEvent;
 
 describe('backoff', () => {
   it('doubles from the minimum per failure and stops at the cap', () => {
@@ -146,7 +153,12 @@ describe('job machine: dispatched', () => {
   });
 
   it('a failed publish backs off and keeps the same attempt', () => {
-    const s = run(reach('dispatched'), { type: 'publish.failed', at: T0, error: 'nack', jitter: 0 });
+    const s = run(reach('dispatched'), {
+      type: 'publish.failed',
+      at: T0,
+      error: 'nack',
+      jitter: 0,
+    });
     assert.equal(s.value, 'retrying');
     assert.equal(s.context.attempt, 1);
     assert.equal(s.context.republish, true);
@@ -218,11 +230,15 @@ describe('job machine: awaiting-ack', () => {
   });
 
   it('a completion for an earlier attempt still completes the job', () => {
-    const second = run(reach('retrying'), { type: 'backoff.elapsed', at: T0, jitter: 0 }, {
-      type: 'publish.confirmed',
-      at: T0,
-      sentAt: T0,
-    });
+    const second = run(
+      reach('retrying'),
+      { type: 'backoff.elapsed', at: T0, jitter: 0 },
+      {
+        type: 'publish.confirmed',
+        at: T0,
+        sentAt: T0,
+      },
+    );
     assert.equal(second.context.attempt, 2);
     assert.equal(run(second, completed(T0, 1)).value, 'succeeded');
   });
@@ -375,7 +391,10 @@ describe('job machine: restoring a persisted snapshot', () => {
   function restore(state: JobState, now: number) {
     const waits = createFakeWaits(now);
     const events: string[] = [];
-    const snapshot = migrateSnapshot(persisted(state), JOB_MACHINE_VERSION) as unknown as JobSnapshot;
+    const snapshot = migrateSnapshot(
+      persisted(state),
+      JOB_MACHINE_VERSION,
+    ) as unknown as JobSnapshot;
     const actor = createActor(jobMachine.provide({ actors: { wait: waits.logic } }), {
       snapshot,
     } as never);

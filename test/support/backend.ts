@@ -21,7 +21,8 @@ export type Action =
  */
 export class FakeBackend {
   readonly received: Execute[] = [];
-  readonly deadLetters: { content: Buffer; headers: Record<string, any>; routingKey: string }[] = [];
+  readonly deadLetters: { content: Buffer; headers: Record<string, any>; routingKey: string }[] =
+    [];
   behaviour: (execute: Execute) => Action = () => ({ kind: 'complete' });
   private replies = new Map<string, (body: any) => void>();
 
@@ -62,7 +63,9 @@ export class FakeBackend {
     await channel.consume(replies.queue, (message) => {
       if (!message) return;
       channel.ack(message);
-      backend.replies.get(message.properties.correlationId)?.(JSON.parse(message.content.toString()));
+      backend.replies.get(message.properties.correlationId)?.(
+        JSON.parse(message.content.toString()),
+      );
     });
     if (options.deadLetters) {
       await channel.consume(env['RABBITMQ_DEAD_LETTER_QUEUE'] ?? '', (message) => {
@@ -112,9 +115,10 @@ export class FakeBackend {
     body: unknown,
     properties: amqp.Options.Publish = {},
   ): Promise<void> {
-    const content = typeof body === 'string' || Buffer.isBuffer(body)
-      ? Buffer.from(body)
-      : Buffer.from(JSON.stringify(body));
+    const content =
+      typeof body === 'string' || Buffer.isBuffer(body)
+        ? Buffer.from(body)
+        : Buffer.from(JSON.stringify(body));
     this.channel.publish(this.exchange, routingKey, content, {
       contentType: 'application/json',
       persistent: true,

@@ -127,7 +127,11 @@ export async function cleanUp(env: Record<string, string>): Promise<void> {
   const connection = await amqp.connect(RABBITMQ_URL);
   const channel = await connection.createChannel();
   channel.on('error', () => {});
-  for (const q of ['RABBITMQ_QUEUE_NAME', 'RABBITMQ_COMMANDS_QUEUE', 'RABBITMQ_DEAD_LETTER_QUEUE']) {
+  for (const q of [
+    'RABBITMQ_QUEUE_NAME',
+    'RABBITMQ_COMMANDS_QUEUE',
+    'RABBITMQ_DEAD_LETTER_QUEUE',
+  ]) {
     await channel.deleteQueue(env[q] ?? '').catch(() => {});
   }
   const exchange = env['RABBITMQ_EXCHANGE'] ?? '';

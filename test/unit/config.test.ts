@@ -36,7 +36,10 @@ describe('configuration from the environment', () => {
   });
 
   it('reads the old APSCHEDULER misfire grace when the new name is not set', () => {
-    assert.equal(loadConfig({ APSCHEDULER_MISFIRE_GRACE_SECONDS: '42' }).schedules.misfireGraceSeconds, 42);
+    assert.equal(
+      loadConfig({ APSCHEDULER_MISFIRE_GRACE_SECONDS: '42' }).schedules.misfireGraceSeconds,
+      42,
+    );
     assert.equal(
       loadConfig({ APSCHEDULER_MISFIRE_GRACE_SECONDS: '42', MISFIRE_GRACE_SECONDS: '7' }).schedules
         .misfireGraceSeconds,
@@ -47,22 +50,31 @@ describe('configuration from the environment', () => {
   const bad: [Record<string, string>, RegExp][] = [
     [{ PORT: 'eighty' }, /PORT: expected a whole number \(got "eighty"\)/],
     [{ PORT: '70000' }, /PORT: .*65535/],
-    [{ SCHEDULER_POSTGRES_SCHEMA: 'Robert"; drop' }, /SCHEDULER_POSTGRES_SCHEMA: expected a lowercase SQL identifier/],
+    [
+      { SCHEDULER_POSTGRES_SCHEMA: 'Robert"; drop' },
+      /SCHEDULER_POSTGRES_SCHEMA: expected a lowercase SQL identifier/,
+    ],
     [{ SCHEDULER_POSTGRES_SSL: 'maybe' }, /SCHEDULER_POSTGRES_SSL: expected true or false/],
     [{ RABBITMQ_URL: 'http://x' }, /RABBITMQ_URL: expected an amqp:\/\/ or amqps:\/\/ URL$/],
     [{ LOG_LEVEL: 'loud' }, /LOG_LEVEL:/],
     [{ DEFAULT_JOB_MAX_RETRIES: '0' }, /DEFAULT_JOB_MAX_RETRIES:/],
     [{ REMINDER_JOB_TIMEOUT_SECONDS: '-1' }, /REMINDER_JOB_TIMEOUT_SECONDS:/],
-    [{ MFA_EXPIRY_JOB_INTERVAL_MINUTES: 'hourly' }, /MFA_EXPIRY_JOB_INTERVAL_MINUTES: expected a number/],
+    [
+      { MFA_EXPIRY_JOB_INTERVAL_MINUTES: 'hourly' },
+      /MFA_EXPIRY_JOB_INTERVAL_MINUTES: expected a number/,
+    ],
     [{ SCHEDULER_API_TOKEN: 'short' }, /SCHEDULER_API_TOKEN: must be at least 16 characters$/],
   ];
   for (const [env, expected] of bad) {
     it(`refuses ${JSON.stringify(env)}, naming the variable`, () => {
-      assert.throws(() => loadConfig(env), (err: unknown) => {
-        assert.ok(err instanceof ConfigError);
-        assert.match(err.message, expected);
-        return true;
-      });
+      assert.throws(
+        () => loadConfig(env),
+        (err: unknown) => {
+          assert.ok(err instanceof ConfigError);
+          assert.match(err.message, expected);
+          return true;
+        },
+      );
     });
   }
 

@@ -25,15 +25,23 @@ describe('message schemas', () => {
   });
 
   it('refuses a date or time that does not exist instead of moving it', () => {
-    for (const text of ['2026-02-30T00:00:00Z', '2026-04-31T10:00:00Z', '2026-01-01T24:00:00Z',
-      '2026-13-01T00:00:00Z', '2026-01-01T10:60:00+01:00']) {
+    for (const text of [
+      '2026-02-30T00:00:00Z',
+      '2026-04-31T10:00:00Z',
+      '2026-01-01T24:00:00Z',
+      '2026-13-01T00:00:00Z',
+      '2026-01-01T10:60:00+01:00',
+    ]) {
       assert.throws(
         () => check(schedule, { job_type: 'lesson_reminder', scheduled_for: text }),
         /scheduled_for: not a valid date and time/,
         text,
       );
     }
-    const leap = check(schedule, { job_type: 'lesson_reminder', scheduled_for: '2028-02-29T23:59:59Z' });
+    const leap = check(schedule, {
+      job_type: 'lesson_reminder',
+      scheduled_for: '2028-02-29T23:59:59Z',
+    });
     assert.deepEqual(leap.timing, { kind: 'at', at: Date.parse('2028-02-29T23:59:59Z') });
   });
 
@@ -71,11 +79,17 @@ describe('message schemas', () => {
 
   it('refuses JSON that is not JSON, and a body over the limit without parsing it', () => {
     assert.throws(() => parseJson(Buffer.from('{'), 100), /not valid JSON/);
-    assert.throws(() => parseJson(Buffer.from('x'.repeat(101)), 100), /101 bytes, over the limit of 100/);
+    assert.throws(
+      () => parseJson(Buffer.from('x'.repeat(101)), 100),
+      /101 bytes, over the limit of 100/,
+    );
   });
 
   it('reads the three timings and refuses none or two', () => {
-    const at = check(schedule, { job_type: 'lesson_reminder', scheduled_for: '2030-01-01T00:00:00Z' });
+    const at = check(schedule, {
+      job_type: 'lesson_reminder',
+      scheduled_for: '2030-01-01T00:00:00Z',
+    });
     assert.deepEqual(at.timing, { kind: 'at', at: Date.parse('2030-01-01T00:00:00Z') });
     const delay = check(schedule, { job_type: 'lesson_reminder', delay_seconds: 1.5 });
     assert.deepEqual(delay.timing, { kind: 'delay', seconds: 1.5 });
@@ -94,7 +108,11 @@ describe('message schemas', () => {
 
   it('names the field at fault', () => {
     try {
-      check(schedule, { job_type: 'lesson_reminder', delay_seconds: 1, metadata: { a: 'x'.repeat(200) } });
+      check(schedule, {
+        job_type: 'lesson_reminder',
+        delay_seconds: 1,
+        metadata: { a: 'x'.repeat(200) },
+      });
       assert.fail('accepted');
     } catch (err) {
       assert.ok(err instanceof InvalidMessageError);
