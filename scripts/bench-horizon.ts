@@ -10,36 +10,19 @@
  * late the near jobs ran. Everything it creates is dropped at the end.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import pino from 'pino';
-import amqp from 'amqplib';
 import { initialTransition } from 'xstate';
 import { loadConfig } from '../config/env.js';
 import { jobMachine } from '../machines/job.machine.js';
 import { columnsOf } from '../src/runtime/job-columns.js';
 import { openDatabase } from '../src/store/database.js';
+import { benchEnv, dropBenchState } from './bench-support.js';
 
 const far = Number(process.argv[2] ?? 100_000);
 const near = Number(process.argv[3] ?? 20);
 const DAY = 86_400_000;
-
-function isolated() {
-  const id = randomBytes(4).toString('hex');
-  return {
-    HOST: '127.0.0.1',
-    PORT: String(20_000 + Math.floor(Math.random() * 20_000)),
-    SCHEDULER_POSTGRES_DB: process.env['BENCH_POSTGRES_DB'] ?? 'quantutor_scheduler_bench',
-    SCHEDULER_POSTGRES_SCHEMA: `horizon_${id}`,
-    RABBITMQ_EXCHANGE: `horizon.${id}.jobs`,
-    RABBITMQ_QUEUE_NAME: `horizon.${id}.results`,
-    RABBITMQ_COMMANDS_QUEUE: `horizon.${id}.commands`,
-    RABBITMQ_DEAD_LETTER_QUEUE: `horizon.${id}.dead-letter`,
-    MFA_EXPIRY_JOB_INTERVAL_MINUTES: '10080',
-    LOG_LEVEL: 'warn',
-  };
-}
 
 /** Inserts `count` pending jobs due from `firstAt`, one second apart, in one statement. */
 async function seed(pool: pg.Pool, schema: string, count: number, firstAt: number) {
@@ -95,7 +78,7 @@ async function waitReady(port: string, timeoutMs: number): Promise<void> {
 }
 
 async function run(label: string, farJobs: number) {
-  const env = isolated();
+  const env = benchEnv('horizon');
   const config = loadConfig({ ...process.env, ...env });
   const schema = config.postgres.schema;
   const database = await openDatabase(config.postgres, pino({ level: 'warn' }));
@@ -149,20 +132,8 @@ async function run(label: string, farJobs: number) {
   child.kill('SIGTERM');
   backend.kill('SIGTERM');
   await new Promise((resolve) => child.once('exit', resolve));
-  await pool.query(`drop schema "${schema}" cascade`);
+  await dropBenchState(config, pool);
   await pool.end();
-  const connection = await amqp.connect(config.rabbitmq.url);
-  const channel = await connection.createChannel();
-  for (const q of [
-    config.rabbitmq.resultsQueue,
-    config.rabbitmq.commandsQueue,
-    config.rabbitmq.deadLetterQueue,
-  ]) {
-    await channel.deleteQueue(q);
-  }
-  await channel.deleteExchange(config.rabbitmq.exchange);
-  await channel.deleteExchange(config.rabbitmq.deadLetterExchange);
-  await connection.close();
 
   return {
     run: label,

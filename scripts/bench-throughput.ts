@@ -10,28 +10,16 @@
  * and reports jobs per second from the due instant to the last success, the
  * per-job latency from due to succeeded, and the process's peak memory.
  */
-import { randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import amqp from 'amqplib';
 import pg from 'pg';
 import pino from 'pino';
 import { loadConfig } from '../config/env.js';
 import { startService } from '../src/service.js';
+import { benchEnv, dropBenchState } from './bench-support.js';
 
 const jobs = Number(process.argv[2] ?? 10_000);
-const id = randomBytes(4).toString('hex');
-const env = {
-  PORT: '0',
-  HOST: '127.0.0.1',
-  SCHEDULER_POSTGRES_DB: process.env['BENCH_POSTGRES_DB'] ?? 'quantutor_scheduler_bench',
-  SCHEDULER_POSTGRES_SCHEMA: `bench_${id}`,
-  RABBITMQ_EXCHANGE: `bench.${id}.jobs`,
-  RABBITMQ_QUEUE_NAME: `bench.${id}.results`,
-  RABBITMQ_COMMANDS_QUEUE: `bench.${id}.commands`,
-  RABBITMQ_DEAD_LETTER_QUEUE: `bench.${id}.dead-letter`,
-  MFA_EXPIRY_JOB_INTERVAL_MINUTES: '10080',
-  LOG_LEVEL: 'warn',
-};
+const env = { ...benchEnv('bench'), PORT: '0' };
 const config = loadConfig({ ...process.env, ...env }, 'bench');
 const logger = pino({ level: 'warn' });
 
@@ -128,17 +116,5 @@ backend.kill('SIGTERM');
 await channel.close();
 await connection.close();
 await service.stop();
-await pool.query(`drop schema "${config.postgres.schema}" cascade`);
+await dropBenchState(config, pool);
 await pool.end();
-const admin = await amqp.connect(config.rabbitmq.url);
-const cleanup = await admin.createChannel();
-for (const q of [
-  config.rabbitmq.resultsQueue,
-  config.rabbitmq.commandsQueue,
-  config.rabbitmq.deadLetterQueue,
-]) {
-  await cleanup.deleteQueue(q);
-}
-await cleanup.deleteExchange(config.rabbitmq.exchange);
-await cleanup.deleteExchange(config.rabbitmq.deadLetterExchange);
-await admin.close();
