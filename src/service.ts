@@ -98,7 +98,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
   let broker: Broker | undefined;
   let writer: GroupCommit | undefined;
   let runtime: JobRuntime | undefined;
-  let periodic: ScheduleService | undefined;
+  let schedules: ScheduleService | undefined;
   let abort: () => void = () => {};
   const aborted = new Promise<never>((_, reject) => {
     abort = () => reject(new Error('start-up cancelled by shutdown'));
@@ -172,15 +172,15 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
       }),
     );
 
-    periodic = new ScheduleService({
+    schedules = new ScheduleService({
       definitions: config.schedules.definitions,
       jobs,
       pool: db.pool,
       schema: db.schema,
       logger,
     });
-    await periodic.start();
-    Object.assign(services, { jobs, runtime, database: db, schedules: periodic });
+    await schedules.start();
+    Object.assign(services, { jobs, runtime, database: db, schedules });
     retention = new HistoryRetention({
       pool: db.pool,
       schema: db.schema,
@@ -209,7 +209,7 @@ export async function startService(config: Config, logger: Logger): Promise<Runn
           logger.error({ err, step: name }, 'shutdown step failed');
         }
       };
-      await step('schedules', () => periodic?.stop());
+      await step('schedules', () => schedules?.stop());
       await step('retention', () => retention?.stop());
       await step('consumers', () => broker?.stopConsuming());
       await step('actors', () => runtime?.stop());
