@@ -364,16 +364,31 @@ function onTransition(t) {
   refreshSoon();
 }
 
+let lastEventId = null;
+let reconnectMs = 1000;
+
 function connect() {
   // EventSource reconnects by itself and sends Last-Event-ID (the stream's
-  // resume point), so nothing is missed; what was missed comes first.
-  const source = new EventSource(url('/debug/events'));
+  // resume point), so nothing is missed; what was missed comes first. It gives
+  // up for good on a reply that is not 200 (503 while the service restarts):
+  // then open a new one, passing the resume point as a parameter.
+  const params = lastEventId ? { last_event_id: lastEventId } : {};
+  const source = new EventSource(url('/debug/events', params));
   source.addEventListener('open', () => {
+    reconnectMs = 1000;
     setStatus('live', true);
     refreshSoon();
   });
-  source.addEventListener('error', () => setStatus('reconnecting…', false));
-  source.addEventListener('transition', (e) => onTransition(JSON.parse(e.data)));
+  source.addEventListener('error', () => {
+    setStatus('reconnecting…', false);
+    if (source.readyState !== EventSource.CLOSED) return;
+    setTimeout(connect, reconnectMs);
+    reconnectMs = Math.min(reconnectMs * 2, 30000);
+  });
+  source.addEventListener('transition', (e) => {
+    if (e.lastEventId) lastEventId = e.lastEventId;
+    onTransition(JSON.parse(e.data));
+  });
 }
 
 function fromHash() {

@@ -25,6 +25,9 @@ export interface TickDecision {
   next: number | null;
 }
 
+/** Lateness always tolerated, whatever the misfire grace says, in ms. */
+export const MIN_GRACE_MS = 1000;
+
 /**
  * Decides a due tick. All ticks from `due` up to `now` give at most one run:
  * the latest of them, if it is at most `graceMs` late and no previous run is
@@ -42,7 +45,10 @@ export function decideTick(input: {
   const { times, due, now } = input;
   const { latest, count } = times.latestUpTo(due, now);
   const next = times.next(Math.max(latest, now));
-  if (now - latest > input.graceMs) return { fireAt: null, missed: count, skipped: 0, next };
+  // A tick is only ever looked at after it is due, after a database round
+  // trip: a grace of 0 would count every tick missed.
+  const graceMs = Math.max(input.graceMs, MIN_GRACE_MS);
+  if (now - latest > graceMs) return { fireAt: null, missed: count, skipped: 0, next };
   if (input.inFlight && !input.allowOverlap) {
     return { fireAt: null, missed: count - 1, skipped: 1, next };
   }

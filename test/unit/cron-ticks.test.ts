@@ -1,7 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { fireTimes } from '../../src/scheduler/fire-times.js';
-import { decideTick, tickJobId } from '../../src/scheduler/periodic.js';
+import { decideTick, MIN_GRACE_MS, tickJobId } from '../../src/scheduler/periodic.js';
 
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
@@ -87,10 +87,16 @@ describe('what a due tick comes to', () => {
     });
   }
 
-  it('a zero grace runs only a tick handled at its very instant', () => {
+  it('a zero grace still runs a tick handled within the round trip it takes to claim it', () => {
+    // Regression: with a grace of 0 every tick was counted missed, since it is
+    // only ever decided after a database round trip.
     const due = at('2025-01-01T10:00:00Z');
-    assert.equal(decideTick({ ...base, graceMs: 0, due, now: due }).fireAt, due);
-    assert.equal(decideTick({ ...base, graceMs: 0, due, now: due + 1 }).fireAt, null);
+    assert.equal(decideTick({ ...base, graceMs: 0, due, now: due + 15 }).fireAt, due);
+    assert.equal(decideTick({ ...base, graceMs: 0, due, now: due + MIN_GRACE_MS }).fireAt, due);
+    assert.equal(
+      decideTick({ ...base, graceMs: 0, due, now: due + MIN_GRACE_MS + 1 }).fireAt,
+      null,
+    );
   });
 
   it('the next tick is always after now, however long the service was down', () => {
