@@ -9,6 +9,7 @@ import {
   claimTick,
   claimTrigger,
   clearPending,
+  dropPending,
   findSchedules,
   pauseSchedule,
   resumeSchedule,
@@ -17,7 +18,7 @@ import {
 } from '../store/schedule-sql.js';
 import { timerAt } from '../time/timer.js';
 import { fireTimes, type FireTimes } from './fire-times.js';
-import { decideTick, tickJobId, type TickDecision } from './periodic.js';
+import { decideTick, MIN_GRACE_MS, tickJobId, type TickDecision } from './periodic.js';
 import { localIso } from './zone.js';
 
 export interface ScheduleServiceOptions {
@@ -225,6 +226,15 @@ export class ScheduleService {
     const schedule = this.schedules.get(row.name);
     if (!jobId || at === null || !schedule) throw new Error(`no run to create: ${row.name}`);
     const byTick = jobId === tickJobId(row.name, at);
+    const graceMs = Math.max(schedule.definition.misfireGraceMs, MIN_GRACE_MS);
+    if (byTick && this.now() - at > graceMs) {
+      await dropPending(this.options.pool, this.options.schema, row.name, jobId);
+      this.options.logger.warn(
+        { schedule: row.name, tick: iso(at) },
+        'claimed tick never got its job and is past the misfire grace; counted missed',
+      );
+      return jobId;
+    }
     await this.options.jobs.schedule(
       {
         jobType: schedule.definition.jobType,

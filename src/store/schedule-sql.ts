@@ -225,6 +225,29 @@ export async function clearPending(
   );
 }
 
+/**
+ * Gives up a claimed tick run whose job was never created (a crash between
+ * the claim and the creation) and that is now past the misfire grace: it
+ * counts as missed instead of run.
+ */
+export async function dropPending(
+  pool: pg.Pool,
+  schema: string,
+  name: string,
+  jobId: string,
+): Promise<void> {
+  await pool.query(
+    `update "${schema}".schedules
+     set pending_job_id = null,
+         pending_fire_at = null,
+         runs = runs - 1,
+         missed = missed + 1
+     where name = $1
+       and pending_job_id = $2`,
+    [name, jobId],
+  );
+}
+
 /** Pauses a schedule: no tick until it is resumed. */
 export async function pauseSchedule(
   pool: pg.Pool,

@@ -378,6 +378,38 @@ describe('periodic schedules in PostgreSQL, over HTTP', () => {
     assert.deepEqual([state.runs, state.missed], [1, 0]);
   });
 
+  it('a claimed tick whose job was not created is counted missed once it is past the grace', async () => {
+    const base = Math.floor(Date.now() / HOUR) * HOUR - 24 * HOUR;
+    const definition: ScheduleDefinition = {
+      name: 'probe_stale',
+      jobType: 'file_cleanup',
+      enabled: true,
+      timing: { kind: 'interval', everyMs: HOUR },
+      allowOverlap: false,
+      misfireGraceMs: 5 * MINUTE,
+    };
+    await sut.pool.query(
+      `insert into "${schema}".schedules (name, job_type, spec, misfire_grace_ms, next_fire_at)
+       values ('probe_stale', 'file_cleanup', $1, 300000, $2)`,
+      [JSON.stringify({ kind: 'interval', every_ms: HOUR }), new Date(base + HOUR)],
+    );
+    const broken = probe(definition, () => base + HOUR + 1000, {
+      schedule: () => Promise.reject(new Error('connection lost')),
+    } as never);
+    await broken.start();
+    await broken.stop();
+    assert.equal((await row('probe_stale')).pending_job_id, tickJobId('probe_stale', base + HOUR));
+
+    // The next look comes 20 minutes after the tick: past its 5-minute grace.
+    const later = probe(definition, () => base + HOUR + 20 * MINUTE);
+    await later.start();
+    await later.stop();
+    assert.equal((await jobsOf('probe_stale')).length, 0, 'no late run past the grace');
+    const state = await row('probe_stale');
+    assert.equal(state.pending_job_id, null);
+    assert.deepEqual([state.runs, state.missed], [0, 1]);
+  });
+
   it('a cron in Berlin with fold "both" runs the repeated 02:30 twice, as two jobs', async () => {
     let clock = Date.parse('2025-10-25T12:00:00Z');
     const service = probe(
