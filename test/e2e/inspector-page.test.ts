@@ -100,8 +100,17 @@ describe('the inspector page in headless Chromium', () => {
       'counted pending',
     );
 
-    await page.click(`#jobs tr[data-job-id="${id}"]`);
-    await page.waitForSelector('#steps [data-transition-id]');
+    // The table is drawn again on every event; a click that lands on a row
+    // being replaced selects nothing, so click until the timeline opens.
+    await eventually(
+      async () => {
+        await page.click(`#jobs tr[data-job-id="${id}"]`, { timeout: 2000 });
+        await page.waitForSelector('#steps [data-transition-id]', { timeout: 1500 });
+        return true;
+      },
+      15_000,
+      'the job timeline to open',
+    );
     assert.match((await page.textContent('#timeline')) ?? '', /lesson:e2e/);
 
     const [execute] = await backend.waitForExecutes(id, 1, 10_000);
