@@ -9,7 +9,6 @@ import {
   claimTick,
   claimTrigger,
   clearPending,
-  dropPending,
   findSchedules,
   pauseSchedule,
   resumeSchedule,
@@ -228,7 +227,7 @@ export class ScheduleService {
     const byTick = jobId === tickJobId(row.name, at);
     const graceMs = Math.max(schedule.definition.misfireGraceMs, MIN_GRACE_MS);
     if (byTick && this.now() - at > graceMs) {
-      await dropPending(this.options.pool, this.options.schema, row.name, jobId);
+      await clearPending(this.options.pool, this.options.schema, row.name, jobId, 'missed');
       this.options.logger.warn(
         { schedule: row.name, tick: iso(at) },
         'claimed tick never got its job and is past the misfire grace; counted missed',

@@ -208,43 +208,27 @@ export async function claimTrigger(
   return rows[0] ?? null;
 }
 
-/** Forgets a claimed run once its job exists. */
+/**
+ * Forgets a claimed run: once its job exists (`created`), or when it never got
+ * its job (a crash between the claim and the creation) and is now past the
+ * misfire grace (`missed`), which counts it as missed instead of run.
+ */
 export async function clearPending(
   pool: pg.Pool,
   schema: string,
   name: string,
   jobId: string,
-): Promise<void> {
-  await pool.query(
-    `update "${schema}".schedules
-     set pending_job_id = null,
-         pending_fire_at = null
-     where name = $1
-       and pending_job_id = $2`,
-    [name, jobId],
-  );
-}
-
-/**
- * Gives up a claimed tick run whose job was never created (a crash between
- * the claim and the creation) and that is now past the misfire grace: it
- * counts as missed instead of run.
- */
-export async function dropPending(
-  pool: pg.Pool,
-  schema: string,
-  name: string,
-  jobId: string,
+  outcome: 'created' | 'missed' = 'created',
 ): Promise<void> {
   await pool.query(
     `update "${schema}".schedules
      set pending_job_id = null,
          pending_fire_at = null,
-         runs = runs - 1,
-         missed = missed + 1
+         runs = runs - case when $3::boolean then 1 else 0 end,
+         missed = missed + case when $3::boolean then 1 else 0 end
      where name = $1
        and pending_job_id = $2`,
-    [name, jobId],
+    [name, jobId, outcome === 'missed'],
   );
 }
 
