@@ -503,6 +503,7 @@ export class JobRuntime {
       return;
     }
     const attempt = context.attempt;
+    const dueAt = job.dueAt;
     const sentAt = this.now();
     const body = Buffer.from(JSON.stringify(executeBody(context, sentAt)));
     const stillWaiting = () => {
@@ -518,11 +519,12 @@ export class JobRuntime {
       })
       .then(
         () => {
-          if (!stillWaiting()) return;
-          if (job.dueAt !== undefined) {
-            const lagMs = this.now() - job.dueAt;
+          // Counted even when the reply beat the confirm: the attempt went out.
+          if (dueAt !== undefined) {
+            const lagMs = this.now() - dueAt;
             this.options.events?.emit('dispatched', { jobType: job.jobType, lagMs });
           }
+          if (!stillWaiting()) return;
           job.actor.send({ type: 'publish.confirmed', at: this.now(), sentAt });
         },
         (err: Error) => {
